@@ -1,0 +1,10 @@
+"""The one exception type that means "the user's input is wrong".
+
+Every `clipdro` command catches :class:`UsageError`, prints one line naming the problem
+and exits with status 2 (no traceback). Library code raises it for bad configuration,
+missing paths and violated start-up checks (for example rho >= log(B - 1)).
+"""
+
+
+class UsageError(ValueError):
+    """Invalid user input: a bad config key or value, a missing path, a violated start-up check."""
