@@ -1,0 +1,1 @@
+"""Data: WebDataset training pipeline, sample-id rules, manifests and evaluation sets."""
