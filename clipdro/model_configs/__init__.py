@@ -1,0 +1,27 @@
+"""Small open_clip architectures shipped with clipdro (random init, for CPU demos and tests).
+
+``clipdro-tiny-vit``: 32 px ViT (2 layers, width 128) and a 2-layer text tower, 64-d
+embeddings, about 3.7 M parameters; most of them sit in the 49,408-token embedding.
+``clipdro-small-vit``: 64 px ViT (4 layers, width 256), 4-layer text tower, 256-d embeddings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+
+CONFIG_DIR = Path(__file__).parent
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make the shipped JSON configs known to open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def shipped_model_names() -> list[str]:
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.json"))
