@@ -1,0 +1,127 @@
+"""Process-group set-up from torchrun or SLURM, rank helpers and the autograd-aware all-gather.
+
+The contrastive losses compute *local* rows (this rank's anchors) against *global* columns
+(every rank's candidates). The columns come from :func:`all_gather_with_grad`, whose backward
+sums the incoming gradients over ranks and returns this rank's slice. With DDP averaging the
+parameter gradients over W ranks this reproduces the single-process gradient of the global
+batch exactly (a SimCLR-style gather that returns only the local slice would give 1/W of it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from clipdro.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def detect_launcher() -> tuple[str, int, int, int]:
+    """(launcher, rank, local_rank, world_size) from torchrun's or SLURM's environment."""
+    if _env_int("WORLD_SIZE") is not None and _env_int("RANK") is not None:
+        return "torchrun", _env_int("RANK"), _env_int("LOCAL_RANK") or 0, _env_int("WORLD_SIZE")
+    if _env_int("SLURM_NTASKS") is not None and _env_int("SLURM_PROCID") is not None:
+        return "slurm", _env_int("SLURM_PROCID"), _env_int("SLURM_LOCALID") or 0, _env_int("SLURM_NTASKS")
+    return "single", 0, 0, 1
+
+
+def init_distributed(backend: str | None = None) -> DistributedContext:
+    """Initialise the default process group when launched by torchrun or srun.
+
+    A single process (no launcher variables, or a world of 1) gets no process group. Under
+    SLURM the job script must export MASTER_ADDR and MASTER_PORT (the usual
+    ``MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)``).
+    """
+    launcher, rank, local_rank, world_size = detect_launcher()
+    if world_size == 1:
+        return DistributedContext()
+    if dist.is_initialized():
+        return DistributedContext(dist.get_rank(), local_rank, dist.get_world_size())
+    if launcher == "slurm":
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise UsageError(f"running under SLURM with {world_size} tasks but {', '.join(missing)} not set")
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistributedContext(rank, local_rank, world_size)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order (equal shapes required)."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.contiguous()
+    gathered = tensor.new_empty((get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, tensor)
+    return gathered
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.local_rows = tensor.shape[0]
+        return all_gather_no_grad(tensor)
+
+    @staticmethod
+    def backward(ctx, grad_gathered: torch.Tensor) -> torch.Tensor:
+        # Every rank's loss depends on this rank's rows: sum their gradients over ranks,
+        # then keep our slice. (all_reduce + slice works on gloo and NCCL alike.)
+        grad_gathered = grad_gathered.contiguous()
+        dist.all_reduce(grad_gathered, op=dist.ReduceOp.SUM)
+        start = get_rank() * ctx.local_rows
+        return grad_gathered[start:start + ctx.local_rows]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Autograd-aware :func:`all_gather_no_grad`: gradients flow back to every rank's rows."""
+    if not is_distributed():
+        return tensor
+    return _AllGatherWithGrad.apply(tensor)
+
+
+def check_equal_local_batches(local_rows: int, device: torch.device) -> None:
+    """All ranks must hold the same number of rows: the global column index of local row i
+    on rank r is ``r * local_rows + i``, and the all-gather needs equal shapes."""
+    if not is_distributed():
+        return
+    sizes = all_gather_no_grad(torch.tensor([local_rows], device=device))
+    if not bool((sizes == local_rows).all()):
+        raise RuntimeError(f"local batch sizes differ across ranks: {sizes.tolist()}")

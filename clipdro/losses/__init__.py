@@ -1,0 +1,28 @@
+"""Robust (KL-constrained DRO) losses: contrastive for CLIP, token-level for LLMs."""
+
+from clipdro.losses.contrastive import (
+    CONTRASTIVE_LOSSES,
+    CLIPLoss,
+    ContrastiveLoss,
+    ContrastiveLossOutput,
+    DROContrastiveLoss,
+    ISogCLRLoss,
+    SogCLRLoss,
+    build_contrastive_loss,
+)
+from clipdro.losses.dro import check_rho, moving_average_estimate
+from clipdro.losses.lm import dro_token_loss
+
+__all__ = [
+    "CONTRASTIVE_LOSSES",
+    "CLIPLoss",
+    "ContrastiveLoss",
+    "ContrastiveLossOutput",
+    "DROContrastiveLoss",
+    "ISogCLRLoss",
+    "SogCLRLoss",
+    "build_contrastive_loss",
+    "check_rho",
+    "dro_token_loss",
+    "moving_average_estimate",
+]

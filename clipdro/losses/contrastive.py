@@ -1,0 +1,281 @@
+"""Two-sided contrastive losses behind one interface (method.md §2).
+
+* ``tempnet`` (:class:`DROContrastiveLoss`): per-sample tau from the TempNets, the robust
+  objective with SogCLR's moving-average estimator; gradients reach both encoders and TempNets.
+* ``sogclr`` (:class:`SogCLRLoss`): the same estimator with one fixed global tau.
+* ``isogclr`` (:class:`ISogCLRLoss`): per-sample tau stored in tables, updated by its own rule.
+* ``clip`` (:class:`CLIPLoss`): symmetric InfoNCE with open_clip's learnable global temperature.
+
+Every loss takes this rank's L2-normalised image and text features (row i of each is a
+positive pair), the anchors' temperatures where the loss does not own them, and the stable
+sample ids. Under torch.distributed the loss is *local*: rows are this rank's anchors,
+columns are all ranks' candidates gathered with an autograd-aware all-gather, so that DDP's
+gradient averaging reproduces the single-process gradient of the global batch exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipdro.distributed import (
+    all_gather_with_grad,
+    check_equal_local_batches,
+    get_rank,
+    is_distributed,
+)
+from clipdro.errors import UsageError
+from clipdro.losses.dro import check_rho, moving_average_estimate
+from clipdro.state import SampleTable
+
+
+@dataclass
+class ContrastiveLossOutput:
+    loss: torch.Tensor  # scalar to call backward() on
+    image_tau: torch.Tensor  # detached temperatures of this rank's image anchors, [n]
+    text_tau: torch.Tensor  # detached temperatures of this rank's text anchors, [n]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars for logging
+
+
+@dataclass
+class GlobalBatch:
+    """Columns of the local-rows x global-columns score matrices."""
+
+    images: torch.Tensor  # all ranks' image features, rank-major, with autograd
+    texts: torch.Tensor  # all ranks' text features
+    positive_columns: torch.Tensor  # global column of each local anchor's positive
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[0]
+
+
+class ContrastiveLoss(nn.Module):
+    """Interface shared by the four losses; the trainer switches by :attr:`name`.
+
+    ``temperature_source`` tells the trainer what to pass as ``image_tau`` / ``text_tau``:
+    ``"tempnet"`` per-sample tensors [n] from the TempNets (with autograd), ``"logit_scale"``
+    the scalar ``1 / model.logit_scale.exp()``, ``"loss"`` nothing (the loss owns tau).
+    """
+
+    name: ClassVar[str]
+    temperature_source: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked_local_rows: int | None = None
+
+    def gather_global_batch(self, image_features: torch.Tensor, text_features: torch.Tensor) -> GlobalBatch:
+        local_rows = image_features.shape[0]
+        if text_features.shape[0] != local_rows:
+            raise ValueError(f"{local_rows} image features but {text_features.shape[0]} text features")
+        if is_distributed() and self._checked_local_rows != local_rows:
+            check_equal_local_batches(local_rows, image_features.device)
+            self._checked_local_rows = local_rows
+        offset = get_rank() * local_rows
+        positive_columns = torch.arange(offset, offset + local_rows, device=image_features.device)
+        return GlobalBatch(all_gather_with_grad(image_features), all_gather_with_grad(text_features),
+                           positive_columns)
+
+
+def _compute_dtype(features: torch.Tensor) -> torch.dtype:
+    # Scores are divided by tau ~ 0.01 and exponentiated: never do that in half precision.
+    return torch.promote_types(features.dtype, torch.float32)
+
+
+class DROContrastiveLoss(ContrastiveLoss):
+    """The TempNet loss: two-sided KL-constrained DRO with per-sample temperatures.
+
+    Per side (image anchors against all texts, text anchors against all images) the value is
+    mean_i [tau_i * (log(s_i / (B - 1)) + b_i) + rho * tau_i], the estimated robust objective.
+    Its gradient is replaced by that of the surrogate
+
+        mean_i [ sum_{j != i} p_hat_ij * h_ij  +  c_i * tau_i ]
+
+    with p_hat and c detached: the encoders see the softmax weights over competitors and
+    each tau sees c_i, the estimate of dF_i / dtau_i = rho - KL. With fresh tables both are
+    exact gradients of the robust objective on the batch.
+    """
+
+    name = "tempnet"
+    temperature_source = "tempnet"
+
+    def __init__(self, num_samples: int, rho: float = 7.0, gamma: float = 0.8,
+                 table_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not 0.0 < gamma <= 1.0:
+            raise UsageError(f"gamma must lie in (0, 1], got {gamma}")
+        self.num_samples = num_samples
+        self.rho = rho
+        self.gamma = gamma
+        self.image_table = SampleTable(num_samples, {"s": 0.0, "b": 0.0}, dtype=table_dtype)
+        self.text_table = SampleTable(num_samples, {"s": 0.0, "b": 0.0}, dtype=table_dtype)
+        self._checked_batch_size: int | None = None
+
+    def check_batch_size(self, global_batch_size: int) -> None:
+        if global_batch_size != self._checked_batch_size:
+            check_rho(self.rho, global_batch_size - 1, what=f"{self.name} loss")
+            self._checked_batch_size = global_batch_size
+
+    def anchor_temperatures(self, sample_ids: torch.Tensor, image_tau: torch.Tensor | None,
+                            text_tau: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if image_tau is None or text_tau is None:
+            raise ValueError(f"the {self.name} loss needs image_tau and text_tau from the TempNets")
+        return image_tau, text_tau
+
+    def after_side(self, side: str, sample_ids: torch.Tensor, tau_gradient: torch.Tensor) -> None:
+        """Hook for losses that keep their own temperatures (iSogCLR)."""
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                image_tau: torch.Tensor | None = None, text_tau: torch.Tensor | None = None,
+                sample_ids: torch.Tensor | None = None) -> ContrastiveLossOutput:
+        if sample_ids is None:
+            raise ValueError(f"the {self.name} loss needs the sample ids of the batch")
+        batch = self.gather_global_batch(image_features, text_features)
+        self.check_batch_size(batch.size)
+        image_tau, text_tau = self.anchor_temperatures(sample_ids, image_tau, text_tau)
+        image_side = self._anchor_side("image", image_features, batch.texts, batch.positive_columns,
+                                       image_tau, sample_ids, self.image_table)
+        text_side = self._anchor_side("text", text_features, batch.images, batch.positive_columns,
+                                      text_tau, sample_ids, self.text_table)
+        metrics = {f"{side}_{key}": value for side, (_, side_metrics) in
+                   (("image", image_side), ("text", text_side)) for key, value in side_metrics.items()}
+        tau_shape = image_features.shape[:1]
+        return ContrastiveLossOutput(
+            loss=image_side[0] + text_side[0],
+            image_tau=image_tau.detach().expand(tau_shape),
+            text_tau=text_tau.detach().expand(tau_shape),
+            metrics=metrics,
+        )
+
+    def _anchor_side(self, side: str, anchors: torch.Tensor, candidates: torch.Tensor,
+                     positive_columns: torch.Tensor, tau: torch.Tensor, sample_ids: torch.Tensor,
+                     table: SampleTable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dtype = _compute_dtype(anchors)
+        rows = torch.arange(anchors.shape[0], device=anchors.device)
+        scores = anchors.to(dtype) @ candidates.to(dtype).t()  # [n local anchors, N global candidates]
+        gaps = scores - scores[rows, positive_columns][:, None]  # h_ij; the positive column is 0
+        tau = tau.to(dtype).reshape(-1)
+        if tau.numel() == 1:
+            tau = tau.expand(anchors.shape[0])
+        competitor_mask = torch.ones_like(gaps, dtype=torch.bool)
+        competitor_mask[rows, positive_columns] = False
+
+        previous = table.read(sample_ids)
+        estimate = moving_average_estimate(
+            gaps.detach() / tau.detach()[:, None], competitor_mask,
+            previous["b"].to(dtype), previous["s"].to(dtype), previous["seen"], self.gamma, self.rho,
+        )
+        table.write(sample_ids, {"s": estimate.estimate, "b": estimate.bound})
+        self.after_side(side, sample_ids, estimate.tau_gradient)
+
+        value = (tau.detach() * (estimate.log_mean_exp + self.rho)).mean()
+        surrogate = (estimate.weights * gaps).sum(dim=1).mean() + (estimate.tau_gradient * tau).mean()
+        loss = value + surrogate - surrogate.detach()
+        metrics = {"objective": value, "kl": (self.rho - estimate.tau_gradient).mean()}
+        return loss, metrics
+
+
+class SogCLRLoss(DROContrastiveLoss):
+    """SogCLR: the moving-average estimator with one fixed global temperature (reference 0.01).
+
+    rho plays no role (tau is not learned), so it is 0 and the value is
+    mean_i tau * log mean_j exp(h_ij / tau) per side.
+    """
+
+    name = "sogclr"
+    temperature_source = "loss"
+
+    def __init__(self, num_samples: int, tau: float = 0.01, gamma: float = 0.8,
+                 table_dtype: torch.dtype = torch.float32):
+        super().__init__(num_samples, rho=0.0, gamma=gamma, table_dtype=table_dtype)
+        if tau <= 0:
+            raise UsageError(f"sogclr: tau must be positive, got {tau}")
+        self.tau = tau
+
+    def anchor_temperatures(self, sample_ids, image_tau, text_tau):
+        fixed = torch.full(sample_ids.shape, self.tau, device=sample_ids.device)
+        return fixed, fixed
+
+
+class ISogCLRLoss(DROContrastiveLoss):
+    """iSogCLR: per-sample temperatures kept in tables and moved by their own rule.
+
+    After each step, with c_i the same estimate of rho - KL that trains the TempNet:
+    u_i <- (1 - beta) u_i + beta * clip(c_i, -5, 5);  tau_i <- clamp(tau_i - eta * u_i).
+    """
+
+    name = "isogclr"
+    temperature_source = "loss"
+    GRADIENT_CLIP = 5.0
+
+    def __init__(self, num_samples: int, rho: float = 7.0, gamma: float = 0.8, tau_init: float = 0.01,
+                 tau_min: float = 0.005, tau_max: float = 0.05, beta: float = 0.5, eta: float = 0.03,
+                 table_dtype: torch.dtype = torch.float32):
+        super().__init__(num_samples, rho=rho, gamma=gamma, table_dtype=table_dtype)
+        if not 0 < tau_min <= tau_init <= tau_max:
+            raise UsageError(f"isogclr: need 0 < tau_min <= tau_init <= tau_max, got "
+                             f"{tau_min}, {tau_init}, {tau_max}")
+        self.tau_min, self.tau_max, self.beta, self.eta = tau_min, tau_max, beta, eta
+        self.image_tau_table = SampleTable(num_samples, {"tau": tau_init, "u": 0.0}, dtype=table_dtype)
+        self.text_tau_table = SampleTable(num_samples, {"tau": tau_init, "u": 0.0}, dtype=table_dtype)
+
+    def anchor_temperatures(self, sample_ids, image_tau, text_tau):
+        return self.image_tau_table.read(sample_ids)["tau"], self.text_tau_table.read(sample_ids)["tau"]
+
+    def after_side(self, side: str, sample_ids: torch.Tensor, tau_gradient: torch.Tensor) -> None:
+        table = self.image_tau_table if side == "image" else self.text_tau_table
+        previous = table.read(sample_ids)
+        clipped = tau_gradient.clamp(-self.GRADIENT_CLIP, self.GRADIENT_CLIP)
+        momentum = (1.0 - self.beta) * previous["u"].to(clipped) + self.beta * clipped
+        tau = (previous["tau"].to(clipped) - self.eta * momentum).clamp(self.tau_min, self.tau_max)
+        table.write(sample_ids, {"tau": tau, "u": momentum})
+
+
+class CLIPLoss(ContrastiveLoss):
+    """open_clip's symmetric InfoNCE with one learnable global temperature.
+
+    ``image_tau`` = ``text_tau`` = 1 / logit_scale.exp() (a scalar with autograd);
+    the loss is (CE(image rows) + CE(text rows)) / 2 over local rows and global columns.
+    """
+
+    name = "clip"
+    temperature_source = "logit_scale"
+
+    def forward(self, image_features, text_features, image_tau=None, text_tau=None, sample_ids=None):
+        if image_tau is None:
+            raise ValueError("the clip loss needs the temperature 1 / logit_scale.exp() as image_tau")
+        text_tau = image_tau if text_tau is None else text_tau
+        batch = self.gather_global_batch(image_features, text_features)
+        dtype = _compute_dtype(image_features)
+        image_logits = image_features.to(dtype) @ batch.texts.to(dtype).t() / image_tau.to(dtype)
+        text_logits = text_features.to(dtype) @ batch.images.to(dtype).t() / text_tau.to(dtype)
+        image_loss = F.cross_entropy(image_logits, batch.positive_columns)
+        text_loss = F.cross_entropy(text_logits, batch.positive_columns)
+        tau_shape = image_features.shape[:1]
+        return ContrastiveLossOutput(
+            loss=(image_loss + text_loss) / 2,
+            image_tau=image_tau.detach().reshape(()).expand(tau_shape),
+            text_tau=text_tau.detach().reshape(()).expand(tau_shape),
+            metrics={"image_objective": image_loss.detach(), "text_objective": text_loss.detach()},
+        )
+
+
+CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {
+    cls.name: cls for cls in (DROContrastiveLoss, SogCLRLoss, ISogCLRLoss, CLIPLoss)
+}
+
+
+def build_contrastive_loss(name: str, num_samples: int, **options) -> ContrastiveLoss:
+    """The loss called ``name`` with its options (unknown names or options are usage errors)."""
+    if name not in CONTRASTIVE_LOSSES:
+        raise UsageError(f"unknown loss {name!r}; choose one of {sorted(CONTRASTIVE_LOSSES)}")
+    cls = CONTRASTIVE_LOSSES[name]
+    try:
+        return cls(**options) if cls is CLIPLoss else cls(num_samples, **options)
+    except TypeError as error:
+        raise UsageError(f"loss {name!r}: {error}") from None
