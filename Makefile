@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check clipdro tests benchmarks data_tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)

@@ -20,7 +20,8 @@ def run_torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 300) -
                str(script), *args]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if completed.returncode != 0:
-        pytest.fail(f"torchrun failed ({completed.returncode}):\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
+        output = f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
+        pytest.fail(f"torchrun failed ({completed.returncode}):\n{output}")
 
 
 @pytest.fixture(scope="module")

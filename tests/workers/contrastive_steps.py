@@ -63,17 +63,21 @@ def run_steps() -> dict:
                 leaves = [t[rows].clone().requires_grad_() for t in (image, text, image_tau, text_tau)]
                 output = loss_fn(*leaves, sample_ids=sample_ids[rows])
             grads = torch.autograd.grad(output.loss, leaves, allow_unused=True)
-            grads = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads, strict=False)]
             shared = [name == "clip" and index == 2 for index in range(len(leaves))]
-            grads = [averaged_over_ranks(grad, is_shared) for grad, is_shared in zip(grads, shared, strict=False)]
+            gathered_grads = []
+            for leaf, grad, is_shared in zip(leaves, grads, shared, strict=True):
+                grad = averaged_over_ranks(torch.zeros_like(leaf) if grad is None else grad, is_shared)
+                gathered_grads.append(grad if is_shared else all_gather_no_grad(grad))
             steps.append({
                 "loss": averaged_over_ranks(output.loss.detach(), True),
-                "grads": [grad if is_shared else all_gather_no_grad(grad) for grad, is_shared in zip(grads, shared, strict=False)],
+                "grads": gathered_grads,
                 "image_tau": all_gather_no_grad(output.image_tau.contiguous()),
             })
         # Every rank's copy of the state, stacked: [W, ...] (bool flags as uint8 for gloo).
-        state = {key: all_gather_no_grad(value.to(torch.uint8 if value.dtype == torch.bool else value.dtype)[None])
-                 for key, value in loss_fn.state_dict().items()}
+        state = {}
+        for key, value in loss_fn.state_dict().items():
+            value = value.to(torch.uint8) if value.dtype == torch.bool else value
+            state[key] = all_gather_no_grad(value[None])
         results[name] = {"steps": steps, "state": state}
     return results
 
