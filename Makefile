@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check clipdro tests benchmarks data_tools
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check clipdro tests
+	$(VENV)/bin/ruff check .
 
 clean-venv:
 	rm -rf $(VENV)
