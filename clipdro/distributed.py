@@ -117,6 +117,15 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(tensor)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (ranks must take the same branch)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def check_equal_local_batches(local_rows: int, device: torch.device) -> None:
     """All ranks must hold the same number of rows: the global column index of local row i
     on rank r is ``r * local_rows + i``, and the all-gather needs equal shapes."""

@@ -10,7 +10,8 @@ Writes are synchronised: each rank computes new values for its own anchors, then
 Duplicate ids in one global step: every occurrence reads the same old row (reads happen
 before writes), computes its own new value, and the occurrence that comes *last* in global
 batch order (rank-major, then position within the rank's batch) is the one stored. The rule
-is deterministic and identical on every rank.
+is deterministic and identical on every rank. Rows whose new values are not finite are
+not stored, so a skipped NaN step leaves the tables as they were.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class SampleTable(nn.Module):
         ids = all_gather_no_grad(ids)
         values = {name: all_gather_no_grad(value.detach()) for name, value in values.items()}
         keep = last_occurrence_mask(ids)
+        # A non-finite row (a diverged step) is never stored: one NaN must not poison a table.
+        for value in values.values():
+            keep &= torch.isfinite(value)
         ids = ids[keep]
         for name, value in values.items():
             getattr(self, name)[ids] = value[keep].to(getattr(self, name).dtype)

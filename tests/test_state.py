@@ -23,3 +23,10 @@ def test_write_needs_every_field():
     table = SampleTable(4, {"s": 0.0, "b": 0.0})
     with pytest.raises(KeyError):
         table.write(torch.tensor([0]), {"s": torch.tensor([1.0])})
+
+
+def test_non_finite_rows_are_not_stored():
+    table = SampleTable(4, {"s": 0.0, "b": 0.0})
+    table.write(torch.tensor([0, 1]), {"s": torch.tensor([float("nan"), 2.0]), "b": torch.tensor([1.0, 1.0])})
+    assert table.s.tolist() == [0.0, 2.0, 0.0, 0.0]
+    assert table.seen.tolist() == [False, True, False, False]
