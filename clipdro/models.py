@@ -1,0 +1,91 @@
+"""An open_clip model and the two TempNets as one module, so DDP sees one forward.
+
+The TempNets read the *detached* normalised embeddings (method.md §2): their gradient
+comes only from the loss's tau term, never through the encoders.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+
+from clipdro.errors import UsageError
+from clipdro.model_configs import register_model_configs
+from clipdro.tempnet import CLIPTempNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutput:
+    image_features: torch.Tensor  # [n, d], L2-normalised
+    text_features: torch.Tensor  # [n, d], L2-normalised
+    logit_scale: torch.Tensor  # open_clip's log(1 / tau) scalar
+    image_tau: torch.Tensor | None  # [n] from the image TempNet, None without TempNets
+    text_tau: torch.Tensor | None
+
+
+class CLIPWithTempNets(nn.Module):
+    def __init__(self, clip: nn.Module, image_tempnet: CLIPTempNet | None = None,
+                 text_tempnet: CLIPTempNet | None = None):
+        super().__init__()
+        self.clip = clip
+        self.image_tempnet = image_tempnet
+        self.text_tempnet = text_tempnet
+
+    @property
+    def has_tempnets(self) -> bool:
+        return self.image_tempnet is not None
+
+    def tempnet_parameters(self) -> list[nn.Parameter]:
+        if not self.has_tempnets:
+            return []
+        return [*self.image_tempnet.parameters(), *self.text_tempnet.parameters()]
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ModelOutput:
+        output = self.clip(images, tokens)
+        image_features, text_features = output["image_features"], output["text_features"]
+        image_tau = text_tau = None
+        if self.has_tempnets:
+            # TempNets run in float32 outside autocast: tau feeds exp(h / tau).
+            with torch.autocast(device_type=image_features.device.type, enabled=False):
+                image_tau = self.image_tempnet(image_features.detach().float())
+                text_tau = self.text_tempnet(text_features.detach().float())
+        return ModelOutput(image_features, text_features, output["logit_scale"], image_tau, text_tau)
+
+
+def resolve_model_name(name: str) -> str:
+    """An open_clip model name, or the stem of a JSON config file (registered on the fly)."""
+    register_model_configs()
+    path = Path(name)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise UsageError(f"model config file not found: {path}")
+        open_clip.add_model_config(path)
+        return path.stem
+    if name not in open_clip.list_models():
+        raise UsageError(f"open_clip does not know the model {name!r} (see open_clip.list_models(), "
+                         f"or pass a JSON config file)")
+    return name
+
+
+def create_clip(name: str, pretrained: str | None = None, pretrained_image: bool = False,
+                device: str | torch.device = "cpu"):
+    """(model, train transform, eval transform, tokenizer) from open_clip, offline unless asked."""
+    name = resolve_model_name(name)
+    try:
+        model, train_transform, eval_transform = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, pretrained_image=pretrained_image, device=device, output_dict=True)
+    except RuntimeError as error:  # unknown pretrained tag, missing file
+        raise UsageError(f"model {name} with pretrained={pretrained!r}: {error}") from None
+    return model, train_transform, eval_transform, open_clip.get_tokenizer(name)
+
+
+def embedding_dim(name: str) -> int:
+    """The joint embedding width of a (resolved) open_clip model name: the TempNets' input size."""
+    return int(open_clip.get_model_config(resolve_model_name(name))["embed_dim"])

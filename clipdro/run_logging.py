@@ -1,0 +1,120 @@
+"""Training logs: one text line every N steps, a JSONL metrics file, TensorBoard events, tqdm.
+
+Only rank 0 writes. Throughput is measured over the window since the previous log line:
+samples/s counts the global batch, per device divides by the world size, and the data vs
+compute split tells whether the loader keeps up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("clipdro.train")
+
+
+def tau_summary(prefix: str, tau: torch.Tensor) -> dict[str, float]:
+    tau = tau.float()
+    return {f"{prefix}_mean": float(tau.mean()), f"{prefix}_min": float(tau.min()), f"{prefix}_max": float(tau.max()),
+            f"{prefix}_std": float(tau.std()) if tau.numel() > 1 else 0.0}
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._tensorboard = None
+        self._metrics_file = None
+        self._progress = None
+        self._redirect = None
+        self._window: dict[str, float] = {}
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(self.run_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logging.getLogger("clipdro").addHandler(handler)
+            self._file_handler = handler
+            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def start_window(self, step: int) -> None:
+        self._window = {"start": time.perf_counter(), "data": 0.0, "compute": 0.0, "samples": 0, "steps": 0}
+
+    def record_step(self, data_seconds: float, compute_seconds: float, samples: int) -> None:
+        window = self._window
+        window["data"] += data_seconds
+        window["compute"] += compute_seconds
+        window["samples"] += samples
+        window["steps"] += 1
+        if self.enabled and self._progress is None and sys.stderr.isatty():
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._progress = tqdm(unit="step", dynamic_ncols=True)
+            # Console log lines go through tqdm.write so they do not break the bar.
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+            self._redirect.__enter__()
+        if self._progress is not None:
+            self._progress.update(1)
+
+    def log_step(self, step: int, total_steps: int, values: dict[str, Any], world_size: int) -> None:
+        window = self._window
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        steps = max(window["steps"], 1)
+        record = {
+            "step": step,
+            "samples_per_s": window["samples"] / elapsed,
+            "samples_per_s_per_device": window["samples"] / elapsed / world_size,
+            "data_s_per_step": window["data"] / steps,
+            "compute_s_per_step": window["compute"] / steps,
+            **{key: value for key, value in values.items() if value is not None},
+        }
+        self.start_window(step)
+        if not self.enabled:
+            return
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        for key, value in record.items():
+            if isinstance(value, int | float) and key != "step":
+                self._tensorboard.add_scalar(f"train/{key}", value, step)
+        line = (f"step {step}/{total_steps} ep {record['epoch']:.2f} loss {record['loss']:.4f} "
+                f"| {record['samples_per_s']:.0f} samples/s ({record['samples_per_s_per_device']:.0f}/device) "
+                f"data {record['data_s_per_step'] * 1e3:.0f} ms compute {record['compute_s_per_step'] * 1e3:.0f} ms "
+                f"| lr {record['lr']:.2e}")
+        if "tempnet_lr" in record:
+            line += f" tempnet_lr {record['tempnet_lr']:.2e}"
+        line += (f" | tau img {record['image_tau_mean']:.4f} [{record['image_tau_min']:.4f}, "
+                 f"{record['image_tau_max']:.4f}] txt {record['text_tau_mean']:.4f} "
+                 f"[{record['text_tau_min']:.4f}, {record['text_tau_max']:.4f}]")
+        skipped = sum(value for key, value in record.items() if key.startswith("skipped_"))
+        if skipped:
+            line += f" | skipped {skipped}"
+        log.info(line)
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._metrics_file.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+        self._metrics_file.flush()
+        for key, value in metrics.items():
+            self._tensorboard.add_scalar(f"eval/{key}", value, step)
+        log.info(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._redirect.__exit__(None, None, None)
+            self._progress.close()
+        self._metrics_file.close()
+        self._tensorboard.close()
+        logging.getLogger("clipdro").removeHandler(self._file_handler)
+        self._file_handler.close()
