@@ -1,0 +1,121 @@
+"""`clipdro data <verb>`: build training shards and manifests, convert evaluation sets.
+
+    clipdro data from-csv --csv pairs.tsv --image-column filepath --caption-column title --out shards/
+    clipdro data index /data/cc3m --out /data/cc3m/manifest.json
+    clipdro data convert-karpathy --json coco_test.json --image-root /data/coco --out eval/coco-test
+    clipdro data convert-clip-benchmark --shards 'wds_flickr30k/test/{0..4}.tar' --out eval/flickr30k
+    clipdro data convert-imagefolder --root /data/imagenet/val --out eval/imagenet-val
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from clipdro.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become UsageError, so the dispatcher prints one line and exits 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _from_csv(args: argparse.Namespace) -> None:
+    from clipdro.data.csv_shards import csv_to_shards
+
+    manifest, skipped = csv_to_shards(args.csv, args.image_column, args.caption_column, args.out,
+                                      sep=args.sep, samples_per_shard=args.samples_per_shard)
+    print(f"wrote {manifest.num_samples} samples in {len(manifest.shards)} shards to {args.out}; "
+          f"skipped rows: {dict(skipped) or 'none'}")
+
+
+def _index(args: argparse.Namespace) -> None:
+    from clipdro.data.index import index_shards
+
+    manifest = index_shards(args.shards, args.out)
+    counted = sum(shard.num_samples for shard in manifest.shards)
+    print(f"{args.out}: {len(manifest.shards)} shards, {counted} samples, id rule key, "
+          f"num_samples {manifest.num_samples} ({manifest.num_samples - counted} unused ids from gaps)")
+
+
+def _report(evalset) -> None:
+    parts = [f"{len(evalset.images)} images"]
+    if evalset.captions is not None:
+        parts.append(f"{sum(len(c) for c in evalset.captions)} captions")
+    if evalset.classnames is not None:
+        parts.append(f"{len(evalset.classnames)} classes, {len(evalset.templates or [])} templates")
+    print(f"wrote evaluation set {evalset.name!r} to {evalset.root}: {', '.join(parts)}")
+
+
+def _convert_karpathy(args: argparse.Namespace) -> None:
+    from clipdro.data.eval_converters import karpathy_to_evalset
+
+    _report(karpathy_to_evalset(args.json, args.image_root, args.out, split=args.split, name=args.name))
+
+
+def _convert_clip_benchmark(args: argparse.Namespace) -> None:
+    from clipdro.data.eval_converters import clip_benchmark_to_evalset
+
+    _report(clip_benchmark_to_evalset(args.shards, args.out, name=args.name))
+
+
+def _convert_imagefolder(args: argparse.Namespace) -> None:
+    from clipdro.data.eval_converters import imagefolder_to_evalset
+
+    _report(imagefolder_to_evalset(args.root, args.out, classnames=args.classnames, templates=args.templates,
+                                   name=args.name))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clipdro data", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    verb = verbs.add_parser("from-csv", help="CSV/TSV of (image path, caption) -> shards + manifest")
+    verb.add_argument("--csv", required=True, help="image paths are relative to this file's folder")
+    verb.add_argument("--image-column", required=True)
+    verb.add_argument("--caption-column", required=True)
+    verb.add_argument("--sep", help="column separator (default: tab for .tsv, else comma)")
+    verb.add_argument("--out", required=True, help="new or empty shard folder")
+    verb.add_argument("--samples-per-shard", type=int, default=1000)
+    verb.set_defaults(run=_from_csv)
+
+    verb = verbs.add_parser("index", help="img2dataset shards -> manifest.json (key id rule)")
+    verb.add_argument("shards", help="shard folder or brace pattern, e.g. 'data/{00000..00099}.tar'")
+    verb.add_argument("--out", required=True, help="manifest file to write")
+    verb.set_defaults(run=_index)
+
+    verb = verbs.add_parser("convert-karpathy", help="COCO/Flickr30k Karpathy JSON -> evaluation set")
+    verb.add_argument("--json", required=True)
+    verb.add_argument("--image-root", required=True, help="folder the JSON's image paths are relative to")
+    verb.add_argument("--out", required=True)
+    verb.add_argument("--split", default="test", help="split to take from dataset_*.json (default: test)")
+    verb.add_argument("--name")
+    verb.set_defaults(run=_convert_karpathy)
+
+    verb = verbs.add_parser("convert-clip-benchmark",
+                            help="CLIP_benchmark WebDataset retrieval set -> evaluation set")
+    verb.add_argument("--shards", required=True, help="brace pattern of tar paths or URLs")
+    verb.add_argument("--out", required=True)
+    verb.add_argument("--name")
+    verb.set_defaults(run=_convert_clip_benchmark)
+
+    verb = verbs.add_parser("convert-imagefolder",
+                            help="ImageFolder tree (e.g. ImageNet val) -> evaluation set")
+    verb.add_argument("--root", required=True)
+    verb.add_argument("--out", required=True)
+    verb.add_argument("--classnames", default="auto",
+                      help="auto (ImageNet names for the 1000 synsets, else folder names), imagenet, "
+                           "or a file")
+    verb.add_argument("--templates", default="openai",
+                      help="openai, simple, or a file with one '{}' template a line")
+    verb.add_argument("--name")
+    verb.set_defaults(run=_convert_imagefolder)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.run(args)
+    return 0
