@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from clipdro.data.pipeline import PipelineConfig
 from clipdro.errors import UsageError
 
 T = TypeVar("T")
@@ -63,6 +64,12 @@ def _coerce(value: Any, expected: Any, key: str) -> Any:
         return from_dict(expected, value, prefix=f"{key}.")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept any spelling float() accepts.
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{key}: expected float, got {value!r}") from None
     if expected is Any:
         return value
     if expected in (int, float) and isinstance(value, bool):
@@ -230,3 +237,15 @@ class RunConfig:
     keep_last: int = 3
     max_nonfinite_steps: int = 5  # consecutive NaN/Inf losses before training stops
     stop_after: int | None = None  # end this invocation after this step (checkpoint written), as preemption would
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: PipelineConfig  # training shards, batch size per device, epoch length, workers, data seed
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    temperature: TemperatureConfig = dataclasses.field(default_factory=TemperatureConfig)
+    tempnet: TempNetConfig = dataclasses.field(default_factory=TempNetConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
