@@ -88,7 +88,8 @@ class Manifest:
         if not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise UsageError(f"{where}: num_samples {self.num_samples!r} must be a positive integer")
         if self.id_rule == "dense" and counted != self.num_samples:
-            raise UsageError(f"{where}: dense ids but the shards hold {counted} samples, not {self.num_samples}")
+            raise UsageError(f"{where}: dense ids but the shards hold {counted} samples, "
+                             f"not {self.num_samples}")
         if self.id_rule == "key" and counted > self.num_samples:
             raise UsageError(f"{where}: the shards hold {counted} samples, more than num_samples "
                              f"{self.num_samples} (= max key + 1)")
@@ -107,7 +108,8 @@ class Manifest:
         if target.is_dir() or target.suffix != ".json":
             target = target / FILENAME
         if target.parent.resolve() != self.root.resolve():
-            raise UsageError(f"cannot save the manifest to {target}: its shard paths are relative to {self.root}")
+            raise UsageError(f"cannot save the manifest to {target}: "
+                             f"its shard paths are relative to {self.root}")
         self.validate()
         payload = {"format": FORMAT, "num_samples": self.num_samples, "id_rule": self.id_rule,
                    "shards": [{"path": s.path, "num_samples": s.num_samples} for s in self.shards],

@@ -144,6 +144,8 @@ def _resolve_source(source: DataSource, id_offset: int) -> _Source:
         manifest = Manifest.load(location)
         urls, counts = manifest.shard_urls(), [shard.num_samples for shard in manifest.shards]
     manifest.check_files()
+    if sum(counts) == 0:
+        raise UsageError(f"source {location!r}: its manifest lists no samples in these shards")
     if not source.weight > 0:
         raise UsageError(f"source {location!r}: weight must be positive, got {source.weight}")
     return _Source(manifest, urls, counts, id_offset, source.weight)
@@ -247,7 +249,7 @@ class ShardStream(IterableDataset):
                         for source in self._sources for count in source.counts]
         self._cum_draw_weights = list(itertools.accumulate(draw_weights))
         self._shard_counts = dict(zip(self._urls, (c for s in self._sources for c in s.counts), strict=True))
-        self.rank, self.world_size, _, _ = wds.utils.pytorch_worker_info()
+        _, self.world_size, _, _ = wds.utils.pytorch_worker_info()
         self.workers = max(1, config.num_workers)
         self.batches_per_worker = self._plan_epoch()
         # Position of the next iteration; ShardLoader sets them before each epoch.
