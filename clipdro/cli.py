@@ -13,6 +13,7 @@ from clipdro.errors import UsageError
 
 # command name -> (module exposing main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("clipdro.train", "train CLIP with TempNets under the DRO loss (torchrun / srun ready)"),
     "info": ("clipdro.info", "versions, devices and FAISS GPUs of this environment"),
     "data": ("clipdro.data.cli", "build shards, manifests and evaluation sets"),
 }

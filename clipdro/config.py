@@ -172,6 +172,7 @@ class ModelConfig:
     pretrained: str | None = None  # open_clip pretrained tag or checkpoint path (downloads need network)
     pretrained_image: bool = False  # timm ImageNet weights for a timm vision trunk (the paper's RN50)
     grad_checkpointing: bool = False
+    train_transform: typing.Literal["train", "eval"] = "train"  # "eval": no random augmentation in training
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class ModelOutput:
     image_features: torch.Tensor  # [n, d], L2-normalised
     text_features: torch.Tensor  # [n, d], L2-normalised
-    logit_scale: torch.Tensor  # open_clip's log(1 / tau) scalar
+    logit_scale: torch.Tensor  # open_clip's exp(logit_scale) = 1 / tau, a scalar
     image_tau: torch.Tensor | None  # [n] from the image TempNet, None without TempNets
     text_tau: torch.Tensor | None
 

@@ -191,8 +191,9 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     model, train_transform, eval_transform, tokenizer = build_model(config, device)
 
     # --- data -----------------------------------------------------------------------------
-    loader = build_train_loader(config.data, train_transform, tokenizer, pin_memory=device.type == "cuda")
-    steps_per_epoch = len(loader.dataset)
+    transform = train_transform if config.model.train_transform == "train" else eval_transform
+    loader = build_train_loader(config.data, transform, tokenizer, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.run.epochs
     global_batch = config.data.batch_size * context.world_size
     log.info("%d steps (%d epochs x %d), global batch %d, %d samples in the per-sample tables",
@@ -262,7 +263,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         if loss_fn.temperature_source == "tempnet":
             image_tau, text_tau = output.image_tau, output.text_tau
         elif loss_fn.temperature_source == "logit_scale":
-            image_tau = text_tau = torch.exp(-output.logit_scale.float())
+            image_tau = text_tau = 1.0 / output.logit_scale.float()  # open_clip returns exp(logit_scale)
         else:
             image_tau = text_tau = None
         result = loss_fn(output.image_features, output.text_features, image_tau, text_tau, sample_ids)
@@ -293,68 +294,69 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     stop_after = total_steps if config.run.stop_after is None else min(total_steps, config.run.stop_after)
     batches = iter(loader)
     logger.start_window(step)
-    with _Preemption() as preemption:
-        while step < stop_after:
-            data_start = time.perf_counter()
-            try:
-                images, tokens, sample_ids = next(batches)
-            except StopIteration:  # end of an epoch: the loader moves on to the next one
-                batches = iter(loader)
-                continue
-            images = images.to(device, non_blocking=True)
-            tokens = tokens.to(device, non_blocking=True)
-            sample_ids = sample_ids.to(device, non_blocking=True)
-            compute_start = time.perf_counter()
-            if step == 0 and model.has_tempnets and config.tempnet.init_prototypes:
-                init_prototypes_from_batch(model, images, tokens, config.run.precision, device)
+    try:
+        with _Preemption() as preemption:
+            while step < stop_after:
+                data_start = time.perf_counter()
+                try:
+                    images, tokens, sample_ids = next(batches)
+                except StopIteration:  # end of an epoch: the loader moves on to the next one
+                    batches = iter(loader)
+                    continue
+                images = images.to(device, non_blocking=True)
+                tokens = tokens.to(device, non_blocking=True)
+                sample_ids = sample_ids.to(device, non_blocking=True)
+                compute_start = time.perf_counter()
+                if step == 0 and model.has_tempnets and config.tempnet.init_prototypes:
+                    init_prototypes_from_batch(model, images, tokens, config.run.precision, device)
 
-            set_lr(model_optimizer, model_lr(step, total_steps, config))
-            set_lr(tempnet_optimizer, tempnet_lr(step, steps_per_epoch, config))
-            result = one_step(images, tokens, sample_ids)
-            step += 1
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            logger.record_step(data_seconds=compute_start - data_start,
-                               compute_seconds=time.perf_counter() - compute_start, samples=global_batch)
+                set_lr(model_optimizer, model_lr(step, total_steps, config))
+                set_lr(tempnet_optimizer, tempnet_lr(step, steps_per_epoch, config))
+                result = one_step(images, tokens, sample_ids)
+                step += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                logger.record_step(data_seconds=compute_start - data_start,
+                                   compute_seconds=time.perf_counter() - compute_start, samples=global_batch)
 
-            if result.finite:
-                consecutive_nonfinite = 0
-            else:
-                consecutive_nonfinite += 1
-                nonfinite_total += 1
-                log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step,
-                            consecutive_nonfinite, nonfinite_total)
-                if consecutive_nonfinite >= config.run.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopped "
-                        f"without writing a checkpoint (the last good one is intact)")
+                if result.finite:
+                    consecutive_nonfinite = 0
+                else:
+                    consecutive_nonfinite += 1
+                    nonfinite_total += 1
+                    log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step,
+                                consecutive_nonfinite, nonfinite_total)
+                    if consecutive_nonfinite >= config.run.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopped "
+                            f"without writing a checkpoint (the last good one is intact)")
 
-            if step % config.run.log_every == 0 or step == stop_after:
-                image_tau = all_gather_no_grad(result.image_tau.float().contiguous())
-                text_tau = all_gather_no_grad(result.text_tau.float().contiguous())
-                logger.log_step(step, total_steps, {
-                    "epoch": step / steps_per_epoch,
-                    "loss": result.loss,
-                    "lr": model_optimizer.param_groups[0]["lr"],
-                    "tempnet_lr": tempnet_optimizer.param_groups[0]["lr"] if tempnet_optimizer else None,
-                    **result.metrics,
-                    **tau_summary("image_tau", image_tau),
-                    **tau_summary("text_tau", text_tau),
-                    "nonfinite_steps": nonfinite_total,
-                    **{f"skipped_{reason}": count for reason, count in loader_counts(loader).items()},
-                }, world_size=context.world_size)
+                if step % config.run.log_every == 0 or step == stop_after:
+                    image_tau = all_gather_no_grad(result.image_tau.float().contiguous())
+                    text_tau = all_gather_no_grad(result.text_tau.float().contiguous())
+                    logger.log_step(step, total_steps, {
+                        "epoch": step / steps_per_epoch,
+                        "loss": mean_over_ranks(result.loss, device),
+                        "lr": model_optimizer.param_groups[0]["lr"],
+                        "tempnet_lr": tempnet_optimizer.param_groups[0]["lr"] if tempnet_optimizer else None,
+                        **result.metrics,
+                        **tau_summary("image_tau", image_tau),
+                        **tau_summary("text_tau", text_tau),
+                        "nonfinite_steps": nonfinite_total,
+                        **{f"skipped_{reason}": count for reason, count in loader_counts(loader).items()},
+                    }, world_size=context.world_size)
 
-            if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
-                checkpoint(step)
-            if any_rank(preemption.requested, device):
-                log.warning("SIGTERM received: checkpoint at step %d and exit", step)
-                checkpoint(step)
-                logger.close()
-                return {}
-
-    checkpoint(step)
-    logger.close()
-    return {}
+                # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
+                if config.run.checkpoint_every and step % config.run.checkpoint_every == 0 and result.finite:
+                    checkpoint(step)
+                if any_rank(preemption.requested, device):
+                    log.warning("SIGTERM received: checkpoint at step %d and exit", step)
+                    checkpoint(step)
+                    return {}
+        checkpoint(step)
+        return {}
+    finally:
+        logger.close()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -374,6 +376,15 @@ def loss_options(config: TrainConfig) -> dict[str, Any]:
     return {}
 
 
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The global-batch loss: each rank's loss is the mean over its own anchors."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
 def loader_counts(loader) -> dict[str, int]:
     """Skipped-sample counts summed over ranks."""
     counts = dict(loader.counts)
@@ -390,12 +401,16 @@ def loader_counts(loader) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipdro train", description="Train CLIP with TempNets under the DRO loss.")
-    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("--config", default=None, help="YAML config (see configs/); defaults + overrides without it")
     parser.add_argument("--resume", default=None,
                         help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 loss.name=clip")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(TrainConfig, args.config, args.overrides)
-    train(config, resume=args.resume)
+    try:
+        train(config, resume=args.resume)
+    except NonFiniteLossError as error:
+        log.error("%s", error)
+        return 1
     return 0

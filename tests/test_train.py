@@ -1,0 +1,142 @@
+"""The training loop end to end on generated shards with the tiny model (CPU, seconds)."""
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipdro import cli
+from clipdro.checkpoint import list_checkpoints, load_checkpoint
+from clipdro.config import TrainConfig, load_config
+from clipdro.losses import DROContrastiveLoss
+from clipdro.train import NonFiniteLossError, train
+from tests.shard_factory import write_dense
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    write_dense(folder, count=48, per_shard=12, size=32)
+    return folder
+
+
+def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.sources=[{{shards: {shards}}}]", f"data.batch_size={BATCH}", "data.num_workers=0",
+            "data.resampled=false", "data.shuffle_buffer=1", "loss.rho=1.0", "tempnet.dropout=0.0",
+            "model.train_transform=eval", f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}",
+            "run.log_every=1", *extra]
+
+
+def config_for(shards: Path, run_dir: Path, *extra: str) -> TrainConfig:
+    return load_config(TrainConfig, None, overrides(shards, run_dir, *extra))
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {record["step"]: record["loss"] for record in lines if "loss" in record}
+
+
+@pytest.mark.parametrize("loss_name", ["tempnet", "sogclr", "isogclr", "clip"])
+def test_every_loss_trains_and_writes_the_run_folder(shards, tmp_path, loss_name):
+    run_dir = tmp_path / "run"
+    train(config_for(shards, run_dir, f"loss.name={loss_name}", "run.epochs=1"))
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "train.log").is_file()
+    assert any((run_dir / "tensorboard").iterdir())
+    losses = step_losses(run_dir)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(map(torch.isfinite, torch.tensor(list(losses.values()))))
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("samples_per_s", "samples_per_s_per_device", "data_s_per_step", "compute_s_per_step", "lr",
+                "image_tau_mean", "image_tau_min", "image_tau_max", "text_tau_mean"):
+        assert key in record, key
+    (checkpoint_file,) = list_checkpoints(run_dir)
+    state = load_checkpoint(checkpoint_file)
+    assert state["step"] == 6 and state["data"]["epoch"] * 6 + state["data"]["batches_done"] == 6
+    assert state["config"]["loss"]["name"] == loss_name
+    assert {"torch", "open_clip_torch"} <= set(state["versions"])
+    if loss_name != "clip":
+        assert int(state["loss"]["image_table.seen"].sum()) == 48  # one epoch visits every sample
+
+
+def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_run(shards, tmp_path):
+    common = ("run.epochs=2", "data.shuffle_buffer=16", "tempnet.dropout=0.5", "model.train_transform=train")
+    full = tmp_path / "full"
+    train(config_for(shards, full, *common))
+    parts = tmp_path / "parts"
+    train(config_for(shards, parts, *common, "run.stop_after=4"))
+    assert [path.name for path in list_checkpoints(parts)] == ["step_000000004.pt"]
+    train(config_for(shards, parts, *common), resume="latest")
+    assert step_losses(parts) == pytest.approx(step_losses(full), abs=0, rel=1e-12)
+    final_full = load_checkpoint(list_checkpoints(full)[-1])
+    final_parts = load_checkpoint(list_checkpoints(parts)[-1])
+    for section in ("model", "loss"):
+        for key, value in final_full[section].items():
+            assert torch.equal(final_parts[section][key], value), f"{section}.{key}"
+
+
+def test_sigterm_writes_a_checkpoint_and_returns(shards, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    original = DROContrastiveLoss.forward
+
+    def forward_then_signal(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if int(self.image_table.seen.sum()) >= 2 * BATCH:  # during the second step
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(DROContrastiveLoss, "forward", forward_then_signal)
+    assert threading.current_thread() is threading.main_thread()
+    train(config_for(shards, run_dir, "run.epochs=1"))
+    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002.pt"]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monkeypatch):
+    original = DROContrastiveLoss.forward
+    calls = {"count": 0}
+    bad_calls = {3}
+
+    def sometimes_nan(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["count"] += 1
+        if calls["count"] in bad_calls:
+            result.loss = result.loss * float("nan")
+        return result
+
+    monkeypatch.setattr(DROContrastiveLoss, "forward", sometimes_nan)
+    run_dir = tmp_path / "one_nan"
+    train(config_for(shards, run_dir, "run.epochs=1"))
+    assert load_checkpoint(list_checkpoints(run_dir)[-1])["nonfinite_steps"] == 1
+
+    calls["count"] = 0
+    bad_calls.clear()
+    bad_calls.update(range(3, 100))
+    run_dir = tmp_path / "diverged"
+    with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+        train(config_for(shards, run_dir, "run.epochs=1", "run.checkpoint_every=1", "run.max_nonfinite_steps=3"))
+    checkpoints = list_checkpoints(run_dir)
+    assert checkpoints[-1].name == "step_000000002.pt"  # steps 3-5 failed, nothing after the last good one
+    assert torch.isfinite(load_checkpoint(checkpoints[-1])["loss"]["image_table.s"]).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["optim.lrr=1"], "unknown config key optim.lrr"),
+    (["optim.lr=fast"], "optim.lr: expected float"),
+    (["loss.rho=3.0"], "rho=3.0 must lie in"),
+    (["model.name=no-such-model"], "does not know the model 'no-such-model'"),
+])
+def test_bad_input_exits_with_status_2_and_one_line(shards, tmp_path, capsys, extra, message):
+    status = cli.main(["train", *overrides(shards, tmp_path / "run"), *extra])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_path_exits_with_status_2(tmp_path, capsys):
+    status = cli.main(["train", *overrides(tmp_path / "nowhere", tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2 and "nowhere" in err and "Traceback" not in err
