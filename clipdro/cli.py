@@ -14,6 +14,7 @@ from clipdro.errors import UsageError
 # command name -> (module exposing main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("clipdro.info", "versions, devices and FAISS GPUs of this environment"),
+    "eval": ("clipdro.eval.cli", "retrieval / zero-shot benchmarks and result tables"),
 }
 
 
