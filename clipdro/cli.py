@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("clipdro.train", "train CLIP with TempNets under the DRO loss (torchrun / srun ready)"),
     "info": ("clipdro.info", "versions, devices and FAISS GPUs of this environment"),
     "data": ("clipdro.data.cli", "build shards, manifests and evaluation sets"),
+    "eval": ("clipdro.eval.cli", "retrieval / zero-shot benchmarks and result tables"),
 }
 
 

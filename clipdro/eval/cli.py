@@ -1,0 +1,162 @@
+"""`clipdro eval retrieval|zeroshot|summarize`: benchmark a model on an evaluation set, tabulate results.
+
+    clipdro eval retrieval --model NAME [--pretrained TAG_OR_PATH] --data EVALSET_DIR
+                           [--recall-k 1 5 10] [--exact-ranks] [--output results.json]
+    clipdro eval zeroshot  --model NAME [--pretrained TAG_OR_PATH] --data DIR
+                           [--classnames evalset|imagenet|FILE] [--templates openai|simple|evalset|FILE]
+    clipdro eval summarize results/*.json [--format markdown|csv] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clipdro.data.evalset import EvalSet
+from clipdro.errors import UsageError
+from clipdro.eval.results import load_results, run_environment, summary_table, write_results
+from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
+from clipdro.eval.zeroshot import (
+    TEMPLATE_SETS,
+    default_template_source,
+    load_labelled_set,
+    resolve_classnames,
+    resolve_templates,
+)
+from clipdro.model_configs import register_model_configs
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError, so the dispatcher prints one line and exits with 2."""
+
+    def error(self, message: str) -> None:
+        raise UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "summarize":
+        return _summarize(args)
+    # Data first: a wrong path should fail before a (possibly slow) model load.
+    if args.command == "retrieval":
+        evalset = EvalSet.load(args.data)
+    else:
+        evalset = load_labelled_set(args.data)
+        template_source = args.templates or default_template_source(evalset)
+        classnames = resolve_classnames(args.classnames, evalset)
+        templates = resolve_templates(template_source, evalset)
+    model, preprocess, tokenizer = load_model(args)
+    loader_options = {"batch_size": args.batch_size, "device": args.device, "num_workers": args.workers}
+    if args.command == "retrieval":
+        result = evaluate_retrieval(model, preprocess, tokenizer, evalset, args.recall_k,
+                                    exact_ranks=args.exact_ranks, **loader_options)
+        task_options = {"recall_k": args.recall_k}
+    else:
+        result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classnames, templates,
+                                   **loader_options)
+        task_options = {"classnames": args.classnames, "templates": template_source}
+    record = _result_record(args, evalset, result, task_options)
+    text = json.dumps(record["metrics"], indent=2)
+    if args.output:
+        write_results(args.output, record)
+        text += f"\nwrote {args.output}"
+    print(text)
+    return 0
+
+
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Preprocess, Tokenizer]:
+    """The one place that turns CLI arguments into (model on args.device, eval preprocess, tokenizer).
+
+    ``--model`` is any open_clip architecture (clipdro's shipped configs included);
+    ``--pretrained`` an open_clip tag for it or a weights file.
+    """
+    register_model_configs()
+    if args.model not in open_clip.list_models():
+        raise UsageError(f"unknown model {args.model!r} (see open_clip.list_models())")
+    if args.pretrained and not Path(args.pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(args.model)
+        if args.pretrained not in tags:
+            raise UsageError(f"--pretrained {args.pretrained!r} is neither a file nor a tag of {args.model} "
+                             f"(tags: {', '.join(tags) or 'none'})")
+    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained,
+                                                                 device=args.device)
+    return model, preprocess, open_clip.get_tokenizer(args.model)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clipdro eval", description="retrieval / zero-shot benchmarks and result tables")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_model_and_data(sub: argparse.ArgumentParser, data_help: str) -> None:
+        sub.add_argument("--model", required=True,
+                         help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
+        sub.add_argument("--pretrained",
+                         help="open_clip pretrained tag or weights file (default: random init)")
+        sub.add_argument("--data", required=True, help=data_help)
+        sub.add_argument("--batch-size", type=int, default=64)
+        sub.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
+        sub.add_argument("--device", type=_parse_device, default="auto",
+                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+        sub.add_argument("--output", help="write the results JSON here")
+
+    retrieval = commands.add_parser("retrieval", help="image-text retrieval recall@K (FAISS)")
+    add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json)")
+    retrieval.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], metavar="K")
+    retrieval.add_argument("--exact-ranks", action="store_true",
+                           help="brute-force scores; adds mean and median rank of the first positive")
+
+    zeroshot = commands.add_parser("zeroshot", help="zero-shot classification: acc1, acc5, per-class recall")
+    add_model_and_data(zeroshot, "evaluation-set folder with labels, or an ImageFolder tree")
+    zeroshot.add_argument("--classnames", default="evalset",
+                          help="evalset, imagenet or a file (one name per line)")
+    zeroshot.add_argument("--templates", default=None,
+                          help=f"{', '.join(TEMPLATE_SETS)}, evalset or a file with one '{{}}' template "
+                               "per line (default: the set's templates if any, else openai)")
+
+    summarize = commands.add_parser("summarize", help="table of result JSON files")
+    summarize.add_argument("results", nargs="+", help="result JSON files")
+    summarize.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    summarize.add_argument("--output", help="write the table here instead of printing it")
+    return parser
+
+
+def _parse_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name}: CUDA is not available")
+    return device
+
+
+def _result_record(args: argparse.Namespace, evalset: EvalSet, result: TaskResult,
+                   task_options: dict) -> dict:
+    return {
+        "task": args.command,
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "data": str(Path(args.data).resolve()),
+        "dataset": evalset.name,
+        **task_options,
+        **result.sizes,
+        "metrics": result.metrics,
+        "timings": result.timings,
+        **run_environment(args.device),
+    }
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    table = summary_table(load_results(args.results), args.format)
+    if args.output:
+        Path(args.output).write_text(table, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(table, end="")
+    return 0

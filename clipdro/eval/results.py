@@ -1,0 +1,97 @@
+"""Evaluation result files (one JSON object per run) and the tables that summarise them.
+
+A result file holds: task, model, pretrained, data, dataset, sizes, metrics, timings,
+versions (clipdro, torch, open_clip, faiss), device, faiss_gpus.  Metrics are fractions in
+[0, 1] (CLIP_benchmark's convention); a NaN metric (acc5 with fewer than 5 classes) is
+written as null so the file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import faiss
+import open_clip
+import torch
+
+import clipdro
+from clipdro.errors import UsageError
+
+# Leading columns of a summary table; metric columns follow in first-seen order.
+ID_COLUMNS = ("task", "dataset", "model", "pretrained")
+
+
+def run_environment(device: torch.device) -> dict:
+    """versions (clipdro, torch, open_clip, faiss), device (``cpu`` or ``cuda:0 (GPU name)``), faiss_gpus."""
+    described = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    return {
+        "versions": {"clipdro": clipdro.__version__, "torch": torch.__version__,
+                     "open_clip": open_clip.__version__, "faiss": faiss.__version__},
+        "device": described,
+        "faiss_gpus": faiss.get_num_gpus(),
+    }
+
+
+def write_results(path: str | Path, record: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_strict_json(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def load_results(paths: Iterable[str | Path]) -> list[dict]:
+    records = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UsageError(f"no such result file: {path}")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{path} is not JSON: {error}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+            raise UsageError(f"{path} is not a clipdro eval result (no 'metrics' object)")
+        records.append(record)
+    return records
+
+
+def summary_table(records: Sequence[dict], fmt: str = "markdown") -> str:
+    """One row per result: identifying columns, then every metric seen (blank where absent).
+    Markdown rounds metrics to 4 decimals for reading; CSV keeps full precision."""
+    metric_names = list(dict.fromkeys(name for record in records for name in record["metrics"]))
+    header = [*ID_COLUMNS, *metric_names]
+    rows = [[_cell(record.get(column)) for column in ID_COLUMNS]
+            + [_cell(record["metrics"].get(name), fmt == "markdown") for name in metric_names]
+            for record in records]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerows([header, *rows])
+        return buffer.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines) + "\n"
+    raise UsageError(f"unknown table format {fmt!r} (markdown or csv)")
+
+
+def _cell(value: object, round_floats: bool = False) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and round_floats:
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _strict_json(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(item) for item in value]
+    return value

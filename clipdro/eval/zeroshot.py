@@ -1,0 +1,142 @@
+"""Zero-shot classification: class prompts -> text classifier, and CLIP_benchmark's metrics.
+
+Classifier: for each class, every template is filled with the class name, the prompts are
+embedded and L2-normalised, averaged, and the mean is normalised again (open_clip's
+``build_zero_shot_classifier``, run in batches of classes).  Metrics, named as in
+CLIP_benchmark: ``acc1``, ``acc5`` (NaN with fewer than 5 classes) and
+``mean_per_class_recall`` (balanced accuracy: top-1 recall averaged over the classes that
+occur in the labels).  Ties use the retrieval harness's pessimistic rule: a wrong class
+scoring exactly as high as the true class counts ahead of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clipdro.data.evalset import EvalSet
+from clipdro.errors import UsageError
+from clipdro.eval.embed import autocast_for, inference_mode
+
+Template = str | Callable[[str], str]
+
+# Named template sets shipped inside open_clip ("openai": the 80 CLIP paper prompts, callables).
+TEMPLATE_SETS: dict[str, Sequence[Template]] = {
+    "openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
+    "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES,
+}
+# Same extensions as torchvision's ImageFolder.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def load_labelled_set(path: str | Path) -> EvalSet:
+    """An EvalSet with labels: a clipdro eval.json folder, or an ImageFolder tree
+    (one subfolder per class, classes = sorted subfolder names, like torchvision)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no such data path: {path}")
+    evalset = EvalSet.load(path) if not path.is_dir() or (path / "eval.json").is_file() \
+        else _evalset_from_imagefolder(path)
+    if not evalset.has_labels:
+        raise UsageError(f"evaluation set {evalset.name!r} has no labels for zero-shot classification")
+    return evalset
+
+
+def resolve_classnames(source: str, evalset: EvalSet) -> list[str]:
+    """``evalset`` (the set's own names), ``imagenet`` (open_clip's 1000) or a text file, one per line."""
+    if source == "evalset":
+        classnames = list(evalset.classnames)
+    elif source == "imagenet":
+        classnames = list(open_clip.IMAGENET_CLASSNAMES)
+    else:
+        classnames = read_lines(source)
+    largest_label = max(evalset.labels)
+    if largest_label >= len(classnames):
+        raise UsageError(f"label {largest_label} has no class name ({len(classnames)} names from {source})")
+    return classnames
+
+
+def default_template_source(evalset: EvalSet) -> str:
+    """The set's own templates when it has some, else OpenAI's 80 ImageNet prompts."""
+    return "evalset" if evalset.templates else "openai"
+
+
+def resolve_templates(source: str, evalset: EvalSet) -> list[Template]:
+    """``openai`` (80), ``simple`` (7), ``evalset`` or a text file with one ``{}`` template per line."""
+    if source in TEMPLATE_SETS:
+        return list(TEMPLATE_SETS[source])
+    if source == "evalset":
+        if not evalset.templates:
+            raise UsageError(f"evaluation set {evalset.name!r} has no templates")
+        return list(evalset.templates)
+    templates = read_lines(source)
+    if any("{}" not in template for template in templates):
+        raise UsageError(f"{source}: every template needs a '{{}}' placeholder for the class name")
+    return templates
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UsageError(f"{path} is empty")
+    return lines
+
+
+def build_classifier(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Template],
+    device: str | torch.device = "cpu",
+    classes_per_batch: int = 10,
+) -> torch.Tensor:
+    """[D, C] float32 classifier (one normalised column per class), built in batches of classes."""
+    device = torch.device(device)
+    with inference_mode(model), autocast_for(device):
+        weights = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
+                                                       num_classes_per_batch=classes_per_batch, device=device)
+    return weights.float()
+
+
+def zeroshot_metrics(scores: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> dict[str, float]:
+    """``acc1``, ``acc5``, ``mean_per_class_recall`` from [N, C] image-class scores."""
+    scores = scores.float().cpu()
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    num_classes = scores.shape[1]
+    true_scores = scores.gather(1, labels[:, None])
+    # Pessimistic rank: the number of other classes scoring >= the true class.
+    ranks = (scores >= true_scores).sum(dim=1) - 1
+    correct = (ranks == 0).double()
+    images_per_class = torch.bincount(labels, minlength=num_classes)
+    hits_per_class = torch.bincount(labels, weights=correct, minlength=num_classes)
+    present = images_per_class > 0
+    return {
+        "acc1": float(correct.mean()),
+        "acc5": float((ranks < 5).double().mean()) if num_classes >= 5 else float("nan"),
+        "mean_per_class_recall": float((hits_per_class[present] / images_per_class[present]).mean()),
+    }
+
+
+def _evalset_from_imagefolder(root: Path) -> EvalSet:
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    if not classes:
+        raise UsageError(f"{root}: neither an evaluation set (eval.json) nor an ImageFolder tree")
+    images, labels = [], []
+    for label, classname in enumerate(classes):
+        files = sorted(path for path in (root / classname).rglob("*")
+                       if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise UsageError(f"{root}: class folder {classname!r} has no images")
+        images += [str(path.relative_to(root)) for path in files]
+        labels += [label] * len(files)
+    evalset = EvalSet(root=root, name=root.name, images=images, labels=labels, classnames=classes)
+    evalset.validate()
+    return evalset

@@ -1,0 +1,98 @@
+"""`clipdro eval ...` end to end with the random-init clipdro-tiny-vit on a generated 8-image set:
+exit codes, result-file structure and the summary table (random weights: no accuracy checks)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipdro.cli import main
+from clipdro.data.evalset import EvalSet
+
+RETRIEVAL_KEYS = [f"{direction}_retrieval_recall@{k}" for k in (1, 5, 10) for direction in ("image", "text")]
+
+
+@pytest.fixture(scope="module")
+def evalset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalset")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    classnames = ["circle", "square", "star", "heart", "moon", "tree"]
+    EvalSet(root=root, name="tiny-shapes", images=[f"images/{i}.png" for i in range(8)],
+            captions=[[f"picture {i} variant {j}" for j in range(1 + i % 5)] for i in range(8)],
+            labels=[i % 6 for i in range(8)], classnames=classnames,
+            templates=["a drawing of a {}.", "a {}."]).save()
+    return root
+
+
+@pytest.fixture(scope="module")
+def result_files(evalset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    common = ["--model", "clipdro-tiny-vit", "--data", str(evalset_dir), "--device", "cpu",
+              "--batch-size", "3"]
+    assert main(["eval", "retrieval", *common, "--output", str(out / "retrieval.json")]) == 0
+    assert main(["eval", "zeroshot", *common, "--output", str(out / "zeroshot.json")]) == 0
+    return out / "retrieval.json", out / "zeroshot.json"
+
+
+def test_retrieval_result_file(result_files, evalset_dir):
+    record = json.loads(result_files[0].read_text())
+    assert record["task"] == "retrieval"
+    assert record["model"] == "clipdro-tiny-vit" and record["pretrained"] is None
+    assert record["dataset"] == "tiny-shapes"
+    assert record["data"] == str(evalset_dir.resolve())
+    assert (record["num_images"], record["num_texts"]) == (8, sum(1 + i % 5 for i in range(8)))
+    assert list(record["metrics"]) == RETRIEVAL_KEYS
+    assert all(0.0 <= value <= 1.0 for value in record["metrics"].values())
+    assert record["metrics"]["image_retrieval_recall@10"] == 1.0  # K >= the 8 images
+    assert set(record["timings"]) == {"embedding_s", "search_s"}
+    assert set(record["versions"]) == {"clipdro", "torch", "open_clip", "faiss"}
+    assert record["device"] == "cpu" and record["faiss_gpus"] == 0
+
+
+def test_zeroshot_result_file(result_files):
+    record = json.loads(result_files[1].read_text())
+    assert (record["task"], record["classnames"], record["templates"]) == ("zeroshot", "evalset", "evalset")
+    assert list(record["metrics"]) == ["acc1", "acc5", "mean_per_class_recall"]
+    assert all(0.0 <= value <= 1.0 for value in record["metrics"].values())
+    assert set(record["timings"]) == {"classifier_s", "embedding_s", "search_s"}
+
+
+def test_summarize_markdown_and_csv(result_files, tmp_path, capsys):
+    assert main(["eval", "summarize", *map(str, result_files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| " + " | ".join(["task", "dataset", "model", "pretrained", *RETRIEVAL_KEYS,
+                                          "acc1", "acc5", "mean_per_class_recall"]) + " |"
+    assert lines[2].startswith("| retrieval | tiny-shapes | clipdro-tiny-vit |  | ")
+    assert lines[3].startswith("| zeroshot | tiny-shapes | clipdro-tiny-vit |  |" + "  |" * 6)
+    assert len(lines) == 4
+
+    table = tmp_path / "table.csv"
+    argv = ["eval", "summarize", *map(str, result_files), "--format", "csv", "--output", str(table)]
+    assert main(argv) == 0
+    rows = table.read_text().splitlines()
+    assert rows[0].startswith("task,dataset,model,pretrained,image_retrieval_recall@1,")
+    retrieval = json.loads(result_files[0].read_text())["metrics"]
+    assert rows[1].split(",")[4] == str(retrieval["image_retrieval_recall@1"])  # full precision
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["retrieval", "--model", "clipdro-tiny-vit", "--data", "/nowhere"], "no evaluation set"),
+    (["zeroshot", "--model", "clipdro-tiny-vit", "--data", "/nowhere"], "no such data path"),
+    (["retrieval", "--model", "no-such-model", "--data", "{data}"], "unknown model"),
+    (["retrieval", "--model", "clipdro-tiny-vit", "--pretrained", "laion2b", "--data", "{data}"],
+     "neither a file nor a tag"),
+    (["zeroshot", "--model", "clipdro-tiny-vit", "--data", "{data}", "--classnames", "/nowhere.txt"],
+     "no such file"),
+    (["summarize", "/nowhere.json"], "no such result file"),
+    (["retrieval", "--data", "{data}"], "--model"),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, evalset_dir, capsys):
+    argv = [arg.replace("{data}", str(evalset_dir)) for arg in argv]
+    assert main(["eval", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("clipdro eval: error: ")
+

@@ -1,0 +1,137 @@
+"""Zero-shot metrics by hand, class-name / template sources, and a run with a model whose
+features are known in advance (colour images, colour-word prompts)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipdro.data.evalset import EvalSet
+from clipdro.errors import UsageError
+from clipdro.eval.tasks import evaluate_zeroshot
+from clipdro.eval.zeroshot import (
+    build_classifier,
+    default_template_source,
+    load_labelled_set,
+    resolve_classnames,
+    resolve_templates,
+    zeroshot_metrics,
+)
+
+
+def test_metrics_by_hand():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.2, 0.3, 0.4],  # label 0: true class highest         -> top-1 hit
+        [0.5, 0.6, 0.7, 0.1, 0.2],  # label 0: two classes higher          -> top-5 hit only
+        [0.1, 0.8, 0.3, 0.2, 0.0],  # label 1: top-1 hit
+        [0.9, 0.8, 0.1, 0.7, 0.6],  # label 2: last of 5                   -> top-5 hit only
+        [0.2, 0.9, 0.1, 0.1, 0.1],  # label 1: top-1 hit
+    ])
+    metrics = zeroshot_metrics(scores, [0, 0, 1, 2, 1])
+    assert list(metrics) == ["acc1", "acc5", "mean_per_class_recall"]
+    assert metrics["acc1"] == pytest.approx(3 / 5)
+    assert metrics["acc5"] == 1.0
+    # per-class top-1 recall over the classes present: class 0 1/2, class 1 2/2, class 2 0/1
+    assert metrics["mean_per_class_recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+
+
+def test_acc5_is_nan_below_five_classes_and_ties_are_pessimistic():
+    metrics = zeroshot_metrics(torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.3]]), [0, 1])
+    assert math.isnan(metrics["acc5"])
+    assert metrics["acc1"] == 0.5  # the tie on the first row counts as a miss
+    assert metrics["mean_per_class_recall"] == 0.5
+
+
+def test_classname_and_template_sources(tmp_path):
+    evalset = EvalSet(root=tmp_path, name="s", images=["a.png"], labels=[1], classnames=["cat", "dog"],
+                      templates=["a {}."])
+    assert resolve_classnames("evalset", evalset) == ["cat", "dog"]
+    assert len(resolve_classnames("imagenet", evalset)) == 1000
+    names = tmp_path / "names.txt"
+    names.write_text("tabby\n\n  puppy \n")
+    assert resolve_classnames(str(names), evalset) == ["tabby", "puppy"]
+    names.write_text("only one\n")
+    with pytest.raises(UsageError, match="label 1 has no class name"):
+        resolve_classnames(str(names), evalset)
+
+    assert len(resolve_templates("openai", evalset)) == 80
+    assert len(resolve_templates("simple", evalset)) == 7
+    assert resolve_templates("evalset", evalset) == ["a {}."]
+    assert default_template_source(evalset) == "evalset"
+    evalset.templates = None
+    assert default_template_source(evalset) == "openai"
+    with pytest.raises(UsageError, match="no templates"):
+        resolve_templates("evalset", evalset)
+    bad = tmp_path / "templates.txt"
+    bad.write_text("a photo of {}.\nno placeholder\n")
+    with pytest.raises(UsageError, match="placeholder"):
+        resolve_templates(str(bad), evalset)
+    with pytest.raises(UsageError, match="no such file"):
+        resolve_templates(str(tmp_path / "missing.txt"), evalset)
+
+
+def test_imagefolder_tree_is_read_as_a_labelled_set(tmp_path):
+    for classname, count in (("zebra", 2), ("ant", 1)):
+        (tmp_path / classname / "sub").mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(tmp_path / classname / "sub" / f"{i}.png")
+    (tmp_path / "ant" / "notes.txt").write_text("not an image")
+    evalset = load_labelled_set(tmp_path)
+    assert evalset.classnames == ["ant", "zebra"]
+    assert evalset.images == ["ant/sub/0.png", "zebra/sub/0.png", "zebra/sub/1.png"]
+    assert evalset.labels == [0, 1, 1]
+    with pytest.raises(UsageError, match="no such data path"):
+        load_labelled_set(tmp_path / "missing")
+
+
+COLOURS = ("red", "green", "blue")
+
+
+class ColourModel(torch.nn.Module):
+    """Image feature = mean RGB; text feature = one-hot of the colour word in the prompt."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Linear(1, 1)  # a parameter, so train/eval modes exist
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        features = tokens.float()
+        return torch.nn.functional.normalize(features, dim=-1) if normalize else features
+
+
+def colour_tokenizer(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([[float(colour in text) for colour in COLOURS] for text in texts])
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_classifier_columns_and_zeroshot_run_with_known_features(tmp_path):
+    model = ColourModel()
+    classifier = build_classifier(model, colour_tokenizer, list(COLOURS), ["a {} thing.", "{}!"],
+                                  classes_per_batch=2)
+    assert torch.allclose(classifier, torch.eye(3))
+
+    pixels = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    # The last image is red but labelled green: acc1 = 3/4; recall red 1/1, green 1/2, blue 1/1.
+    shown = ["red", "green", "blue", "red"]
+    labels = [0, 1, 2, 1]
+    for i, colour in enumerate(shown):
+        Image.new("RGB", (8, 8), pixels[colour]).save(tmp_path / f"{i}.png")
+    evalset = EvalSet(root=tmp_path, name="colours", images=[f"{i}.png" for i in range(4)], labels=labels,
+                      classnames=list(COLOURS))
+    model.train()
+    result = evaluate_zeroshot(model, to_tensor, colour_tokenizer, evalset, list(COLOURS), ["a {} thing."],
+                               batch_size=3)
+    assert model.training  # evaluation restores the caller's mode
+    assert result.metrics["acc1"] == 0.75
+    assert math.isnan(result.metrics["acc5"])
+    assert result.metrics["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert set(result.timings) == {"classifier_s", "embedding_s", "search_s"}
+    assert result.sizes == {"num_images": 4, "num_classes": 3}
