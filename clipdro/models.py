@@ -89,3 +89,28 @@ def create_clip(name: str, pretrained: str | None = None, pretrained_image: bool
 def embedding_dim(name: str) -> int:
     """The joint embedding width of a (resolved) open_clip model name: the TempNets' input size."""
     return int(open_clip.get_model_config(resolve_model_name(name))["embed_dim"])
+
+
+def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A clipdro training checkpoint (file or run folder) -> (model, eval transform, tokenizer, config dict).
+
+    The open_clip model is rebuilt from the name in the checkpoint's config (without downloading
+    pretrained weights: the checkpoint has them all), then the TempNets if the run had them.
+    """
+    from clipdro.checkpoint import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path, map_location="cpu")
+    config = state["config"]
+    model_config = config["model"]
+    clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None, device="cpu")
+    image_tempnet = text_tempnet = None
+    if any(key.startswith("image_tempnet.") for key in state["model"]):
+        dim = embedding_dim(model_config["name"])
+        temperature, tempnet = config["temperature"], config["tempnet"]
+        image_tempnet, text_tempnet = (
+            CLIPTempNet(dim, tempnet["num_prototypes"], temperature["min"], temperature["max"], tempnet["dropout"])
+            for _ in range(2))
+    model = CLIPWithTempNets(clip, image_tempnet, text_tempnet)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), eval_transform, tokenizer, config

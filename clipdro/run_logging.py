@@ -25,10 +25,24 @@ def tau_summary(prefix: str, tau: torch.Tensor) -> dict[str, float]:
             f"{prefix}_std": float(tau.std()) if tau.numel() > 1 else 0.0}
 
 
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e5) else f"{value:.4f}"
+    return str(value)
+
+
+def format_values(record: dict[str, Any], keys: list[str]) -> str:
+    """``key value`` pairs for the keys present in ``record``, in the order of ``keys``."""
+    return " ".join(f"{key} {_format_value(record[key])}" for key in keys if key in record)
+
+
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool):
+    """Rank 0's log files for one run; ``line_keys`` picks what the one-line summary shows."""
+
+    def __init__(self, run_dir: Path, enabled: bool, line_keys: list[str]):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.line_keys = line_keys
         self._tensorboard = None
         self._metrics_file = None
         self._progress = None
@@ -85,19 +99,7 @@ class RunLogger:
         for key, value in record.items():
             if isinstance(value, int | float) and key != "step":
                 self._tensorboard.add_scalar(f"train/{key}", value, step)
-        line = (f"step {step}/{total_steps} ep {record['epoch']:.2f} loss {record['loss']:.4f} "
-                f"| {record['samples_per_s']:.0f} samples/s ({record['samples_per_s_per_device']:.0f}/device) "
-                f"data {record['data_s_per_step'] * 1e3:.0f} ms compute {record['compute_s_per_step'] * 1e3:.0f} ms "
-                f"| lr {record['lr']:.2e}")
-        if "tempnet_lr" in record:
-            line += f" tempnet_lr {record['tempnet_lr']:.2e}"
-        line += (f" | tau img {record['image_tau_mean']:.4f} [{record['image_tau_min']:.4f}, "
-                 f"{record['image_tau_max']:.4f}] txt {record['text_tau_mean']:.4f} "
-                 f"[{record['text_tau_min']:.4f}, {record['text_tau_max']:.4f}]")
-        skipped = sum(value for key, value in record.items() if key.startswith("skipped_"))
-        if skipped:
-            line += f" | skipped {skipped}"
-        log.info(line)
+        log.info("step %d/%d | %s", step, total_steps, format_values(record, self.line_keys))
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -106,7 +108,7 @@ class RunLogger:
         self._metrics_file.flush()
         for key, value in metrics.items():
             self._tensorboard.add_scalar(f"eval/{key}", value, step)
-        log.info(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+        log.info("eval step %d | %s", step, format_values(metrics, sorted(metrics)))
 
     def close(self) -> None:
         if not self.enabled:

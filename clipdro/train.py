@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clipdro.config import TrainConfig, load_config, save_config, to_dict
-from clipdro.data.pipeline import build_train_loader
+from clipdro.data.pipeline import REPEATED, build_train_loader
 from clipdro.distributed import DistributedContext, all_gather_no_grad, any_rank, init_distributed, is_distributed
 from clipdro.errors import UsageError
 from clipdro.info import environment_info
@@ -46,6 +46,9 @@ from clipdro.tempnet import CLIPTempNet
 log = logging.getLogger("clipdro.train")
 
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's trainer clamps the learnable scale to <= log(100)
+LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "samples_per_s_per_device", "data_s_per_step",
+                 "compute_s_per_step", "lr", "tempnet_lr", "image_tau_mean", "image_tau_min", "image_tau_max",
+                 "text_tau_mean", "text_tau_min", "text_tau_max", "nonfinite_steps", "skipped_samples"]
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -179,7 +182,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     context = init_distributed()
     device = resolve_device(config.run.device, context)
     run_dir = run_folder(config)
-    logger = RunLogger(run_dir, enabled=context.is_main)
+    logger = RunLogger(run_dir, enabled=context.is_main, line_keys=LOG_LINE_KEYS)
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -343,7 +346,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                         **tau_summary("image_tau", image_tau),
                         **tau_summary("text_tau", text_tau),
                         "nonfinite_steps": nonfinite_total,
-                        **{f"skipped_{reason}": count for reason, count in loader_counts(loader).items()},
+                        **skip_summary(loader_counts(loader)),
                     }, world_size=context.world_size)
 
                 # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
@@ -383,6 +386,12 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def skip_summary(counts: dict[str, int]) -> dict[str, int]:
+    """Per-reason counts of skipped input plus their total, for the log (docs/data.md lists the reasons)."""
+    skipped = sum(count for reason, count in counts.items() if reason != REPEATED)  # repeats are not skips
+    return {"skipped_samples": skipped, **{f"skipped_{reason}": count for reason, count in counts.items()}}
 
 
 def loader_counts(loader) -> dict[str, int]:
