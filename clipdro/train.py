@@ -19,6 +19,7 @@ Invariants worth knowing before changing anything here:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import signal
@@ -34,9 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from clipdro.config import TrainConfig, load_config, save_config, to_dict
+from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
 from clipdro.distributed import DistributedContext, all_gather_no_grad, any_rank, init_distributed, is_distributed
 from clipdro.errors import UsageError
+from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
+from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
 from clipdro.info import environment_info
 from clipdro.losses import DROContrastiveLoss, build_contrastive_loss
 from clipdro.models import CLIPWithTempNets, create_clip, embedding_dim
@@ -146,6 +150,40 @@ def init_prototypes_from_batch(model: CLIPWithTempNets, images, tokens, precisio
                     texts.shape[0], model.image_tempnet.num_prototypes)
 
 
+class Evaluator:
+    """The configured evaluation sets, loaded (and so validated) once at start-up.
+
+    Every rank calls :meth:`run`: each embeds its share of the images and captions and the
+    features are gathered, so the metrics are identical everywhere; rank 0 logs them.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config.eval
+        self.retrieval_sets = [EvalSet.load(path) for path in self.config.retrieval]
+        self.zeroshot_sets = []
+        for path in self.config.zeroshot:
+            evalset = load_labelled_set(path)
+            classnames = resolve_classnames("evalset", evalset)
+            templates = resolve_templates(default_template_source(evalset), evalset)
+            self.zeroshot_sets.append((evalset, classnames, templates))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.retrieval_sets or self.zeroshot_sets)
+
+    def run(self, model: CLIPWithTempNets, preprocess, tokenizer, device: torch.device) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for evalset in self.retrieval_sets:
+            result = evaluate_retrieval(model.clip, preprocess, tokenizer, evalset, self.config.recall_k,
+                                        batch_size=self.config.batch_size, device=device)
+            metrics.update({f"{evalset.name}/{key}": value for key, value in result.metrics.items()})
+        for evalset, classnames, templates in self.zeroshot_sets:
+            result = evaluate_zeroshot(model.clip, preprocess, tokenizer, evalset, classnames, templates,
+                                       batch_size=self.config.batch_size, device=device)
+            metrics.update({f"{evalset.name}/zeroshot_{key}": value for key, value in result.metrics.items()})
+        return metrics
+
+
 # ------------------------------------------------------------------------------ the run
 
 
@@ -208,6 +246,8 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     if isinstance(loss_fn, DROContrastiveLoss):
         loss_fn.check_batch_size(global_batch)
 
+    evaluator = Evaluator(config)  # missing or malformed evaluation sets fail here, not after training
+
     # --- optimisation ---------------------------------------------------------------------
     model_optimizer, tempnet_optimizer = build_optimizers(model, config)
     optimizers = [opt for opt in (model_optimizer, tempnet_optimizer) if opt is not None]
@@ -259,6 +299,15 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         }
         path = save_checkpoint(payload, run_dir, step, config.run.keep_last)
         log.info("checkpoint %s", path)
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics = evaluator.run(model, eval_transform, tokenizer, device)
+        logger.log_eval(step, metrics)
+        if context.is_main:
+            folder = run_dir / "eval"
+            folder.mkdir(exist_ok=True)
+            (folder / f"step_{step:09d}.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=1))
+        return metrics
 
     def one_step(images: torch.Tensor, tokens: torch.Tensor, sample_ids: torch.Tensor) -> StepResult:
         with autocast_context(config.run.precision, device):
@@ -352,12 +401,14 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                 # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
                 if config.run.checkpoint_every and step % config.run.checkpoint_every == 0 and result.finite:
                     checkpoint(step)
+                if config.eval.every_steps and step % config.eval.every_steps == 0 and step < stop_after:
+                    evaluate(step)
                 if any_rank(preemption.requested, device):
                     log.warning("SIGTERM received: checkpoint at step %d and exit", step)
                     checkpoint(step)
                     return {}
         checkpoint(step)
-        return {}
+        return evaluate(step) if evaluator.enabled else {}
     finally:
         logger.close()
 

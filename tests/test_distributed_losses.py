@@ -1,33 +1,16 @@
 """2 gloo ranks holding half a global batch each reproduce the 1-process run on the whole batch."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.launch import REPO_ROOT, run_torchrun
 from tests.workers import contrastive_steps
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 300) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(script), *args]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if completed.returncode != 0:
-        output = f"{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}"
-        pytest.fail(f"torchrun failed ({completed.returncode}):\n{output}")
 
 
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     output = tmp_path_factory.mktemp("dist") / "results.pt"
-    run_torchrun(REPO_ROOT / "tests" / "workers" / "contrastive_steps.py", str(output))
+    run_torchrun(str(REPO_ROOT / "tests" / "workers" / "contrastive_steps.py"), str(output))
     return torch.load(output)
 
 

@@ -140,3 +140,37 @@ def test_missing_data_path_exits_with_status_2(tmp_path, capsys):
     status = cli.main(["train", *overrides(tmp_path / "nowhere", tmp_path / "run")])
     err = capsys.readouterr().err
     assert status == 2 and "nowhere" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def evalset_dir(tmp_path_factory) -> Path:
+    from clipdro.data.evalset import EvalSet
+    from tests.shard_factory import image_bytes
+
+    root = tmp_path_factory.mktemp("evalset")
+    (root / "images").mkdir()
+    for index in range(6):
+        (root / "images" / f"{index}.jpg").write_bytes(image_bytes(index, size=32))
+    EvalSet(root=root, name="tiny", images=[f"images/{index}.jpg" for index in range(6)],
+            captions=[[f"picture number {index}", f"image {index}"] for index in range(6)],
+            labels=[index % 3 for index in range(6)], classnames=["red", "green", "blue"],
+            templates=["a picture of {}."]).save()
+    return root
+
+
+def test_periodic_and_final_evaluation(shards, evalset_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    final = train(config_for(shards, run_dir, "run.epochs=1", f"eval.retrieval=[{evalset_dir}]",
+                             f"eval.zeroshot=[{evalset_dir}]", "eval.every_steps=4", "eval.recall_k=[1, 2]"))
+    assert sorted(path.name for path in (run_dir / "eval").iterdir()) == ["step_000000004.json", "step_000000006.json"]
+    assert set(final) == {"tiny/image_retrieval_recall@1", "tiny/image_retrieval_recall@2",
+                          "tiny/text_retrieval_recall@1", "tiny/text_retrieval_recall@2",
+                          "tiny/zeroshot_acc1", "tiny/zeroshot_acc5", "tiny/zeroshot_mean_per_class_recall"}
+    evals = [json.loads(line)["eval"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]
+    assert len(evals) == 2 and evals[-1] == pytest.approx(final, nan_ok=True)
+
+
+def test_missing_evaluation_set_exits_with_status_2(shards, tmp_path, capsys):
+    status = cli.main(["train", *overrides(shards, tmp_path / "run"), f"eval.retrieval=[{tmp_path / 'absent'}]"])
+    assert status == 2 and "absent" in capsys.readouterr().err
