@@ -13,7 +13,7 @@ One file serves retrieval (several captions per image) and zero-shot classificat
       "templates": ["a drawing of {}.", ...]     # optional: zero-shot prompt templates
     }
 
-Converters in ``data_tools/`` write this format from COCO/Flickr Karpathy JSON,
+``clipdro data convert-*`` (clipdro/data/eval_converters.py) writes this format from COCO/Flickr Karpathy JSON,
 CLIP_benchmark WebDataset retrieval sets and ImageFolder trees.
 """
 
