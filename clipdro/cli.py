@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("clipdro.info", "versions, devices and FAISS GPUs of this environment"),
     "data": ("clipdro.data.cli", "build shards, manifests and evaluation sets"),
     "eval": ("clipdro.eval.cli", "retrieval / zero-shot benchmarks and result tables"),
+    "export": ("clipdro.export", "a training run -> an open_clip-loadable checkpoint"),
+    "report": ("clipdro.report", "markdown + plots of a run's learned temperatures"),
 }
 
 

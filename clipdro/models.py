@@ -7,6 +7,7 @@ comes only from the loss's tau term, never through the encoders.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,28 @@ def embedding_dim(name: str) -> int:
     return int(open_clip.get_model_config(resolve_model_name(name))["embed_dim"])
 
 
-def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """A clipdro training checkpoint (file or run folder) -> (model, eval transform, tokenizer, config dict).
+@dataclass
+class TrainedRun:
+    """A clipdro training checkpoint loaded for use: the model plus what identifies it.
+
+    The optimizer states are not kept (they are the bulk of a checkpoint and no consumer needs them).
+    """
+
+    checkpoint: Path  # the resolved checkpoint file
+    step: int
+    config: dict  # the run's resolved TrainConfig as a dict
+    model: CLIPWithTempNets  # in eval mode
+    eval_transform: Callable
+    tokenizer: Callable
+    loss_state: dict  # the loss's state_dict: per-sample tables (empty for the clip loss)
+
+    @property
+    def loss_name(self) -> str:
+        return self.config["loss"]["name"]
+
+
+def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
+    """A clipdro training checkpoint (file or run folder, newest) -> :class:`TrainedRun`.
 
     The open_clip model is rebuilt from the name in the checkpoint's config (without downloading
     pretrained weights: the checkpoint has them all), then the TempNets if the run had them.
@@ -113,4 +134,11 @@ def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu
             for _ in range(2))
     model = CLIPWithTempNets(clip, image_tempnet, text_tempnet)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), eval_transform, tokenizer, config
+    return TrainedRun(checkpoint=path, step=int(state["step"]), config=config, model=model.to(device).eval(),
+                      eval_transform=eval_transform, tokenizer=tokenizer, loss_state=state.get("loss") or {})
+
+
+def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """A clipdro training checkpoint (file or run folder) -> (model, eval transform, tokenizer, config dict)."""
+    run = load_trained_run(checkpoint, device)
+    return run.model, run.eval_transform, run.tokenizer, run.config

@@ -71,6 +71,11 @@ class CLIPTempNet(nn.Module):
         self.pooling = ParameterizedPooling(num_prototypes, log_scale_init=math.log(0.01))
         self.output = BoundedTemperature(tau_min, tau_max)
 
+    def init_args(self) -> dict[str, int | float]:
+        """The constructor arguments that rebuild this net: ``CLIPTempNet(**net.init_args())``."""
+        return {"feature_dim": self.feature_dim, "num_prototypes": self.num_prototypes,
+                "tau_min": self.output.tau_min, "tau_max": self.output.tau_max, "dropout": self.dropout.p}
+
     @torch.no_grad()
     def init_prototypes(self, embeddings: torch.Tensor) -> bool:
         """Copy the first M rows of ``embeddings`` (the *other* modality's first training batch)

@@ -151,6 +151,20 @@ def _resolve_source(source: DataSource, id_offset: int) -> _Source:
     return _Source(manifest, urls, counts, id_offset, source.weight)
 
 
+def _resolve_sources(sources: list[DataSource]) -> list[_Source]:
+    """Every source with its id offset: source i's ids follow all ids of sources 0..i-1."""
+    resolved: list[_Source] = []
+    manifests: set[Path] = set()
+    for source in sources:
+        current = _resolve_source(source, id_offset=sum(s.manifest.num_samples for s in resolved))
+        manifest_path = (current.manifest.root / "manifest.json").resolve()
+        if manifest_path in manifests:
+            raise UsageError(f"two sources use {manifest_path}; list its shards in one source")
+        manifests.add(manifest_path)
+        resolved.append(current)
+    return resolved
+
+
 class _IsolatedTorchRng:
     """A private torch CPU generator state for the random transforms.
 
@@ -228,15 +242,7 @@ class ShardStream(IterableDataset):
         self.config = config
         self._transform = transform
         self._tokenizer = tokenizer
-        self._sources: list[_Source] = []
-        manifests: set[Path] = set()
-        for source in config.sources:
-            resolved = _resolve_source(source, id_offset=sum(s.manifest.num_samples for s in self._sources))
-            manifest_path = (resolved.manifest.root / "manifest.json").resolve()
-            if manifest_path in manifests:
-                raise UsageError(f"two sources use {manifest_path}; list its shards in one source")
-            manifests.add(manifest_path)
-            self._sources.append(resolved)
+        self._sources = _resolve_sources(config.sources)
         self.num_samples = sum(source.manifest.num_samples for source in self._sources)
         self._urls = [url for source in self._sources for url in source.urls]
         self._source_of_url = {url: index for index, source in enumerate(self._sources)
@@ -385,7 +391,7 @@ class ShardStream(IterableDataset):
                   rng: _IsolatedTorchRng) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         for sample in samples:
             try:
-                sample_id = self._sample_id(sample)
+                sample_id = _sample_id(self._sources[self._source_of_url[sample["__url__"]]], sample)
                 caption = _caption(sample)
                 image = _decode_image(sample)
             except _Skip as skip:
@@ -395,18 +401,18 @@ class ShardStream(IterableDataset):
             # Transform and tokenizer errors on a decoded image are bugs, not bad data: they raise.
             yield rng.call(self._transform, image), self._tokenizer([caption])[0], sample_id
 
-    def _sample_id(self, sample: dict) -> int:
-        source = self._sources[self._source_of_url[sample["__url__"]]]
-        try:
-            if source.manifest.id_rule == "dense":
-                local_id = json.loads(sample["json"])["sample_id"]
-            else:
-                local_id = int(sample["__key__"].rsplit("/", 1)[-1])
-        except (KeyError, ValueError, TypeError):
-            raise _Skip("bad_id") from None
-        if type(local_id) is not int or not 0 <= local_id < source.manifest.num_samples:
-            raise _Skip("bad_id")
-        return source.id_offset + local_id
+def _sample_id(source: _Source, sample: dict) -> int:
+    """The global id of a raw tar sample of ``source`` (its manifest's id rule plus the source's offset)."""
+    try:
+        if source.manifest.id_rule == "dense":
+            local_id = json.loads(sample["json"])["sample_id"]
+        else:
+            local_id = int(sample["__key__"].rsplit("/", 1)[-1])
+    except (KeyError, ValueError, TypeError):
+        raise _Skip("bad_id") from None
+    if type(local_id) is not int or not 0 <= local_id < source.manifest.num_samples:
+        raise _Skip("bad_id")
+    return source.id_offset + local_id
 
 
 def _caption(sample: dict) -> str:
@@ -491,3 +497,36 @@ def build_train_loader(config: PipelineConfig, transform: Transform, tokenizer: 
                        pin_memory: bool = False) -> ShardLoader:
     """The training loader for this rank (rank and world size from RANK/WORLD_SIZE or torch.distributed)."""
     return ShardLoader(ShardStream(config, transform, tokenizer), pin_memory=pin_memory)
+
+
+class RawSample(NamedTuple):
+    """One training sample as the training stream sees it, before decoding and tokenizing."""
+
+    sample_id: int  # global id: the row of the per-sample DRO tables
+    caption: str  # stripped, exactly the text the training stream tokenizes
+    image: bytes  # the encoded image (it decodes: undecodable samples are skipped)
+
+
+def read_samples(sources: list[DataSource], limit: int | None = None) -> Iterator[RawSample]:
+    """The samples of ``sources`` once each, in source then manifest shard order, without shuffling.
+
+    For analyses of a training set (e.g. the temperature report), not for training: one process,
+    no workers. Ids, captions and skip rules are the training stream's own, so a sample's id and
+    caption here are the ones it was trained under. Samples the stream would skip are passed over
+    silently; an unreadable shard gets a warning (webdataset's) and the rest of it is passed over.
+    Stops after ``limit`` samples when given.
+    """
+    produced = 0
+    for source in _resolve_sources(sources):
+        for url in source.urls:
+            for sample in wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue):
+                if limit is not None and produced >= limit:
+                    return
+                try:
+                    sample_id, caption = _sample_id(source, sample), _caption(sample)
+                    _decode_image(sample)
+                except _Skip:
+                    continue
+                extension = next(ext for ext in IMAGE_EXTS if ext in sample)
+                produced += 1
+                yield RawSample(sample_id, caption, sample[extension])

@@ -1,8 +1,8 @@
 """`clipdro eval retrieval|zeroshot|summarize`: benchmark a model on an evaluation set, tabulate results.
 
-    clipdro eval retrieval --model NAME [--pretrained TAG_OR_PATH] --data EVALSET_DIR
-                           [--recall-k 1 5 10] [--exact-ranks] [--output results.json]
-    clipdro eval zeroshot  --model NAME [--pretrained TAG_OR_PATH] --data DIR
+    clipdro eval retrieval (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
+                           --data EVALSET_DIR [--recall-k 1 5 10] [--exact-ranks] [--output results.json]
+    clipdro eval zeroshot  (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE) --data DIR
                            [--classnames evalset|imagenet|FILE] [--templates openai|simple|evalset|FILE]
     clipdro eval summarize results/*.json [--format markdown|csv] [--output FILE]
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -28,6 +29,7 @@ from clipdro.eval.zeroshot import (
     resolve_templates,
 )
 from clipdro.model_configs import register_model_configs
+from clipdro.models import load_trained_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         template_source = args.templates or default_template_source(evalset)
         classnames = resolve_classnames(args.classnames, evalset)
         templates = resolve_templates(template_source, evalset)
-    model, preprocess, tokenizer = load_model(args)
+    loaded = load_model(args)
+    model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
     loader_options = {"batch_size": args.batch_size, "device": args.device, "num_workers": args.workers}
     if args.command == "retrieval":
         result = evaluate_retrieval(model, preprocess, tokenizer, evalset, args.recall_k,
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classnames, templates,
                                    **loader_options)
         task_options = {"classnames": args.classnames, "templates": template_source}
-    record = _result_record(args, evalset, result, task_options)
+    record = _result_record(args, loaded.identity, evalset, result, task_options)
     text = json.dumps(record["metrics"], indent=2)
     if args.output:
         write_results(args.output, record)
@@ -68,12 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Preprocess, Tokenizer]:
-    """The one place that turns CLI arguments into (model on args.device, eval preprocess, tokenizer).
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # an open_clip model (encode_image / encode_text) on args.device, eval mode
+    preprocess: Preprocess
+    tokenizer: Tokenizer
+    identity: dict  # what the results file records about the weights: model, pretrained[, checkpoint, step, loss]
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The one place that turns CLI arguments into a model to evaluate.
 
     ``--model`` is any open_clip architecture (clipdro's shipped configs included);
-    ``--pretrained`` an open_clip tag for it or a weights file.
+    ``--pretrained`` an open_clip tag for it or a weights file. ``--checkpoint`` is a clipdro
+    training run (its newest checkpoint) or checkpoint file: its open_clip model is evaluated
+    (the TempNets play no part in retrieval or zero-shot scores).
     """
+    if args.checkpoint:
+        if args.pretrained:
+            raise UsageError("--pretrained applies to --model; a --checkpoint holds all its weights")
+        run = load_trained_run(args.checkpoint, args.device)
+        identity = {"model": run.config["model"]["name"], "pretrained": None,
+                    "checkpoint": str(run.checkpoint.resolve()), "step": run.step, "loss": run.loss_name}
+        return LoadedModel(run.model.clip, run.eval_transform, run.tokenizer, identity)
     register_model_configs()
     if args.model not in open_clip.list_models():
         raise UsageError(f"unknown model {args.model!r} (see open_clip.list_models())")
@@ -84,7 +104,8 @@ def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, Preprocess, T
                              f"(tags: {', '.join(tags) or 'none'})")
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained,
                                                                  device=args.device)
-    return model, preprocess, open_clip.get_tokenizer(args.model)
+    return LoadedModel(model, preprocess, open_clip.get_tokenizer(args.model),
+                       {"model": args.model, "pretrained": args.pretrained})
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -92,14 +113,16 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_model_and_data(sub: argparse.ArgumentParser, data_help: str) -> None:
-        sub.add_argument("--model", required=True,
-                         help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
+        weights = sub.add_mutually_exclusive_group(required=True)
+        weights.add_argument("--model", help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
+        weights.add_argument("--checkpoint", help="a clipdro training run folder (its newest checkpoint) "
+                                                  "or checkpoint file")
         sub.add_argument("--pretrained",
                          help="open_clip pretrained tag or weights file (default: random init)")
         sub.add_argument("--data", required=True, help=data_help)
         sub.add_argument("--batch-size", type=int, default=64)
         sub.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
-        sub.add_argument("--device", type=_parse_device, default="auto",
+        sub.add_argument("--device", type=parse_device, default="auto",
                          help="auto (cuda if available), cpu, cuda, cuda:1, ...")
         sub.add_argument("--output", help="write the results JSON here")
 
@@ -124,7 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_device(name: str) -> torch.device:
+def parse_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -136,12 +159,11 @@ def _parse_device(name: str) -> torch.device:
     return device
 
 
-def _result_record(args: argparse.Namespace, evalset: EvalSet, result: TaskResult,
+def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, result: TaskResult,
                    task_options: dict) -> dict:
     return {
         "task": args.command,
-        "model": args.model,
-        "pretrained": args.pretrained,
+        **identity,
         "data": str(Path(args.data).resolve()),
         "dataset": evalset.name,
         **task_options,

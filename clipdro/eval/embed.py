@@ -10,6 +10,7 @@ Autocast (bf16 where supported, else fp16) is used on CUDA only; the CPU path st
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,12 +24,14 @@ from torch.utils.data import DataLoader, Dataset
 def embed_images(
     model: torch.nn.Module,
     preprocess: Callable[[Image.Image], torch.Tensor],
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | bytes],
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
 ) -> torch.Tensor:
-    """[len(paths), D] normalised image features; images are decoded as RGB and preprocessed."""
+    """[len(paths), D] normalised image features; images are decoded as RGB and preprocessed.
+
+    An item of ``paths`` is an image file or the encoded bytes of one (images read from shards)."""
     start, stop = _shard_bounds(len(paths))
     loader = DataLoader(_ImageFiles(paths[start:stop], preprocess), batch_size=batch_size,
                         num_workers=num_workers, shuffle=False)
@@ -71,7 +74,7 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[str | Path], preprocess: Callable[[Image.Image], torch.Tensor]):
+    def __init__(self, paths: Sequence[str | Path | bytes], preprocess: Callable[[Image.Image], torch.Tensor]):
         self.paths = list(paths)
         self.preprocess = preprocess
 
@@ -79,7 +82,8 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
+        source = self.paths[index]
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             return self.preprocess(image.convert("RGB"))
 
 

@@ -1,7 +1,8 @@
 """Evaluation result files (one JSON object per run) and the tables that summarise them.
 
 A result file holds: task, model, pretrained, data, dataset, sizes, metrics, timings,
-versions (clipdro, torch, open_clip, faiss), device, faiss_gpus.  Metrics are fractions in
+versions (clipdro, torch, open_clip, faiss), device, faiss_gpus; a trained run evaluated with
+``--checkpoint`` adds checkpoint (the file), step and loss (the run's loss name).  Metrics are fractions in
 [0, 1] (CLIP_benchmark's convention); a NaN metric (acc5 with fewer than 5 classes) is
 written as null so the file is strict JSON.
 """
@@ -24,6 +25,9 @@ from clipdro.errors import UsageError
 
 # Leading columns of a summary table; metric columns follow in first-seen order.
 ID_COLUMNS = ("task", "dataset", "model", "pretrained")
+# Added after ID_COLUMNS when any result comes from a clipdro training checkpoint: several
+# runs of one architecture are told apart only by these.
+CHECKPOINT_COLUMNS = ("checkpoint", "step", "loss")
 
 
 def run_environment(device: torch.device) -> dict:
@@ -60,11 +64,13 @@ def load_results(paths: Iterable[str | Path]) -> list[dict]:
 
 
 def summary_table(records: Sequence[dict], fmt: str = "markdown") -> str:
-    """One row per result: identifying columns, then every metric seen (blank where absent).
+    """One row per result: identifying columns (with checkpoint, step, loss when any result has a
+    checkpoint), then every metric seen (blank where absent).
     Markdown rounds metrics to 4 decimals for reading; CSV keeps full precision."""
     metric_names = list(dict.fromkeys(name for record in records for name in record["metrics"]))
-    header = [*ID_COLUMNS, *metric_names]
-    rows = [[_cell(record.get(column)) for column in ID_COLUMNS]
+    id_columns = [*ID_COLUMNS, *(CHECKPOINT_COLUMNS if any("checkpoint" in record for record in records) else ())]
+    header = [*id_columns, *metric_names]
+    rows = [[_cell(record.get(column)) for column in id_columns]
             + [_cell(record["metrics"].get(name), fmt == "markdown") for name in metric_names]
             for record in records]
     if fmt == "csv":
