@@ -15,6 +15,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
+# The main job: train on the embedded data (CPU), print retrieval / zero-shot results, write the tau report.
+demo: $(STAMP)
+	rm -rf runs/demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/clipdro train --config configs/demo.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/clipdro report runs/demo --data data/openclipart/test
+	@echo "report: runs/demo/report/report.md"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
