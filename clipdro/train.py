@@ -37,7 +37,14 @@ from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, s
 from clipdro.config import TrainConfig, load_config, save_config, to_dict
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
-from clipdro.distributed import DistributedContext, all_gather_no_grad, any_rank, init_distributed, is_distributed
+from clipdro.distributed import (
+    DistributedContext,
+    all_gather_no_grad,
+    any_rank,
+    get_rank,
+    init_distributed,
+    is_distributed,
+)
 from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
@@ -469,8 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(TrainConfig, args.config, args.overrides)
     try:
-        train(config, resume=args.resume)
+        metrics = train(config, resume=args.resume)
     except NonFiniteLossError as error:
         log.error("%s", error)
         return 1
+    if metrics and get_rank() == 0:
+        print("\nfinal evaluation:")
+        for name, value in sorted(metrics.items()):
+            print(f"  {name:<55} {value:8.4f}")
     return 0
