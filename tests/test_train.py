@@ -1,6 +1,7 @@
 """The training loop end to end on generated shards with the tiny model (CPU, seconds)."""
 
 import json
+import math
 import signal
 import threading
 from pathlib import Path
@@ -174,3 +175,11 @@ def test_periodic_and_final_evaluation(shards, evalset_dir, tmp_path):
 def test_missing_evaluation_set_exits_with_status_2(shards, tmp_path, capsys):
     status = cli.main(["train", *overrides(shards, tmp_path / "run"), f"eval.retrieval=[{tmp_path / 'absent'}]"])
     assert status == 2 and "absent" in capsys.readouterr().err
+
+
+def test_bf16_autocast_trains_with_float32_temperatures(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    train(config_for(shards, run_dir, "run.epochs=1", "run.precision=amp_bf16", "run.stop_after=2"))
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 2 and math.isfinite(record["loss"])
+    assert 0.005 <= record["image_tau_min"] <= record["image_tau_max"] <= 0.05
