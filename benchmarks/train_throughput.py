@@ -10,8 +10,11 @@ Three trainers run one after the other on the same machine state, each in a fres
 * ``open_clip``: open_clip's ``open_clip_train.main`` through ``open_clip_train_launcher.py``,
   which registers clipdro's model configs first.
 
-With ``--repeats N`` the three run round-robin N times (so slow drift in the machine's load hits
-all of them alike) and each trainer's figure is the median over its runs.
+With ``--repeats N`` (default 3) the three run round-robin N times, so drift in the machine's load
+hits all of them alike, and each trainer's figure is the median over its runs: from 3 runs on, one
+run disturbed by another process's burst does not move it. On a shared machine the other
+processes' load can change a run's speed several-fold within seconds: record the load averages
+(the JSON has them) and trust only figures taken on an idle machine.
 
 Same work for every trainer: model (default ``clipdro-tiny-vit``), shards (``--shards``, a folder
 with manifest.json), batch size, data-loader workers, torch threads, precision fp32, device,
@@ -389,7 +392,7 @@ def main() -> int:
     parser.add_argument("--warmup-steps", type=int, default=10, help="first steps left out of the figures")
     parser.add_argument("--log-every", type=int, default=1,
                         help="steps per log line of every trainer (1 on CPU; more where steps take milliseconds)")
-    parser.add_argument("--repeats", type=int, default=1, help="round-robin passes over the three trainers")
+    parser.add_argument("--repeats", type=int, default=3, help="round-robin passes over the three trainers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="open_clip's venv (created once)")
     parser.add_argument("--work-dir", type=Path, help="run folders, console logs (default: runs/train-throughput-TIME)")
