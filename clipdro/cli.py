@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("clipdro.info", "versions, devices and FAISS GPUs of this environment"),
     "data": ("clipdro.data.cli", "build shards, manifests and evaluation sets"),
     "eval": ("clipdro.eval.cli", "retrieval / zero-shot benchmarks and result tables"),
+    "llm": ("clipdro.llm.cli", "LLM TempNet: train, generate, evaluate perplexity"),
 }
 
 
