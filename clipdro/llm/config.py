@@ -87,8 +87,15 @@ class LLMTrainConfig:
     # frozen: only TempNet trains (the LLaMA-2 setting; the LM runs in eval mode without gradients).
     # joint: LM and TempNet train together (the GPT-2 setting); TempNet has its own param group and lr.
     mode: typing.Literal["frozen", "joint"] = "frozen"
+    # Length of the run in optimizer steps (LM runs are usually sized in steps, and a demo needs
+    # far less than an epoch); None: run.epochs full epochs. The LM's cosine schedule spans it.
+    steps: int | None = None
     loss: LMLossConfig = dataclasses.field(default_factory=LMLossConfig)
     tempnet: LMTempNetConfig = dataclasses.field(default_factory=LMTempNetConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)  # the LM's AdamW (joint mode)
     eval: LMEvalConfig = dataclasses.field(default_factory=LMEvalConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"steps must be >= 1, got {self.steps}")

@@ -121,10 +121,10 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     batches = GlobalBatches(train_inputs, train_targets, config.data.batch_size, context.rank,
                             context.world_size, config.data.seed)
     steps_per_epoch = len(batches)
-    total_steps = steps_per_epoch * config.run.epochs
-    log.info("%d training sequences of %d tokens, %s held-out; %d steps (%d epochs x %d), global batch %d",
+    total_steps = config.steps or steps_per_epoch * config.run.epochs
+    log.info("%d training sequences of %d tokens, %s held-out; %d steps (%.2f epochs of %d), global batch %d",
              train_inputs.shape[0], config.data.seq_len, heldout[0].shape[0] if heldout else "none", total_steps,
-             config.run.epochs, steps_per_epoch, batches.global_batch)
+             total_steps / steps_per_epoch, steps_per_epoch, batches.global_batch)
 
     # --- LM and TempNet: identical initial weights on every rank (same seed) ---------------
     torch.manual_seed(config.run.seed)
