@@ -42,6 +42,10 @@ def test_rho_at_or_above_log_vocabulary_is_refused_at_start_up(tmp_path):
     (["llm", "train", "--config", "configs/llm_demo.yaml", "mode=sideways"], "mode"),
     (["llm", "train", "--config", "configs/llm_demo.yaml", "model.name_or_path=x"], "exactly one"),
     (["llm", "generate", "--prompt", "hi"], "--model, --tempnet"),
+    (["llm", "train", "--config", "configs/llm_demo.yaml", "data.train=[/nonexistent/corpus.txt]"],
+     "data file not found: /nonexistent/corpus.txt"),
+    (["llm", "train", "--config", "configs/llm_demo.yaml", "model.architecture.n_positions=64"],
+     "data.seq_len=128 exceeds the LM's 64 positions"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, argv, message):
     assert cli.main(argv) == 2

@@ -55,7 +55,8 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=int, default=None, help="default: the TempNet run's, else 512")
     parser.add_argument("--rho", type=float, default=None, help="for the DRO objective (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-sequences", type=int, default=None)
+    parser.add_argument("--max-sequences", type=int, default=None,
+                        help="cap on held-out sequences (default: the TempNet run's eval.max_sequences, else all)")
     parser.add_argument("--precision", choices=["fp32", "amp_bf16", "amp"], default="fp32")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -77,11 +78,13 @@ def eval_main(argv: list[str]) -> int:
             raise UsageError("the TempNet run had no held-out data: give --data")
     else:
         raise UsageError("give --data (or --tempnet of a run with held-out data)")
+    max_sequences = args.max_sequences if args.max_sequences is not None else (
+        run_config.eval.max_sequences if run_config else None)
     rho = args.rho if args.rho is not None else (run_config.loss.rho if run_config else None)
     if loaded.tempnet is not None and rho is None:
         raise UsageError("give --rho for the DRO objective")
     metrics = evaluate_heldout(loaded.lm, loaded.tempnet, *heldout, rho=rho, batch_size=args.batch_size,
-                               precision=args.precision, max_sequences=args.max_sequences)
+                               precision=args.precision, max_sequences=max_sequences)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -99,3 +99,6 @@ class LLMTrainConfig:
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"steps must be >= 1, got {self.steps}")
+        if self.mode == "joint" and self.model.dtype == "bfloat16":
+            raise UsageError("model.dtype=bfloat16 is for a frozen LM; train jointly in float32 weights "
+                             "with run.precision=amp_bf16")

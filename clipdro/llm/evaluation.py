@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from clipdro.distributed import get_rank, get_world_size, is_distributed
 from clipdro.llm.data import IGNORE_INDEX
-from clipdro.llm.model import predict_tau
+from clipdro.llm.model import lm_logits, predict_tau
 from clipdro.losses import dro_token_loss
 from clipdro.tempnet import LMTempNet
 from clipdro.train import autocast_context
@@ -48,7 +48,7 @@ def evaluate_heldout(lm: PreTrainedModel, tempnet: LMTempNet | None, inputs: tor
         batch_inputs = inputs[start:start + batch_size].to(device)
         batch_targets = targets[start:start + batch_size].to(device)
         with autocast_context(precision, device):
-            logits = lm(input_ids=batch_inputs, use_cache=False).logits
+            logits = lm_logits(lm, batch_inputs)
         logits, flat_targets = logits.float().flatten(0, 1), batch_targets.flatten()
         mask = flat_targets != IGNORE_INDEX
         tokens = int(mask.sum())

@@ -138,3 +138,11 @@ def predict_tau(tempnet: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
     detached (TempNet's gradient must not reach the LM) and float32 (the L2 normalisation over
     V entries; a bf16 LM meeting a float32 TempNet)."""
     return tempnet(logits.detach().float())
+
+
+def lm_logits(lm: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, L, V] of packed sequences (an LM or its DDP wrapper). Every position is attended:
+    documents are separated by end-of-text, a real token, and the only padding sits at the right
+    end, which causal attention never shows to earlier positions. The explicit all-ones mask also
+    tells transformers that the pad id inside the data is not padding."""
+    return lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False).logits

@@ -44,6 +44,7 @@ from clipdro.llm.model import (
     EXPORTED_MODEL_DIR,
     TempNetShape,
     build_causal_lm,
+    lm_logits,
     load_model_tokenizer,
     max_positions,
     predict_tau,
@@ -104,9 +105,16 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     if positions is not None and config.data.seq_len > positions:
         raise UsageError(f"data.seq_len={config.data.seq_len} exceeds the LM's {positions} positions")
 
-    # --- processes, device, run folder ----------------------------------------------------
+    # --- processes, data (input errors surface before the run folder exists) ----------------
     context = init_distributed()
     device = resolve_device(config.run.device, context)
+    (train_inputs, train_targets), heldout = load_datasets(config.data, tokenizer)
+    batches = GlobalBatches(train_inputs, train_targets, config.data.batch_size, context.rank,
+                            context.world_size, config.data.seed)
+    steps_per_epoch = len(batches)
+    total_steps = config.steps or steps_per_epoch * config.run.epochs
+
+    # --- run folder and logs --------------------------------------------------------------------
     run_dir = run_folder(config)
     logger = RunLogger(run_dir, enabled=context.is_main, line_keys=LOG_LINE_KEYS)
     if context.is_main:
@@ -115,13 +123,6 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     log.info("run folder %s, %d process(es), device %s, precision %s, mode %s, V = %d (log V = %.3f, rho = %g)",
              run_dir, context.world_size, device, config.run.precision, config.mode, vocab_size,
              math.log(vocab_size), config.loss.rho)
-
-    # --- data -----------------------------------------------------------------------------
-    (train_inputs, train_targets), heldout = load_datasets(config.data, tokenizer)
-    batches = GlobalBatches(train_inputs, train_targets, config.data.batch_size, context.rank,
-                            context.world_size, config.data.seed)
-    steps_per_epoch = len(batches)
-    total_steps = config.steps or steps_per_epoch * config.run.epochs
     log.info("%d training sequences of %d tokens, %s held-out; %d steps (%.2f epochs of %d), global batch %d",
              train_inputs.shape[0], config.data.seq_len, heldout[0].shape[0] if heldout else "none", total_steps,
              total_steps / steps_per_epoch, steps_per_epoch, batches.global_batch)
@@ -199,10 +200,10 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     def one_step(inputs: torch.Tensor, targets: torch.Tensor) -> StepResult:
         with autocast_context(config.run.precision, device):
             if train_lm:
-                logits = ddp_lm(input_ids=inputs, use_cache=False).logits
+                logits = lm_logits(ddp_lm, inputs)
             else:
                 with torch.no_grad():
-                    logits = lm(input_ids=inputs, use_cache=False).logits
+                    logits = lm_logits(lm, inputs)
             tau = predict_tau(ddp_tempnet, logits)
         local_mean = dro_token_loss(logits, targets, tau, config.loss.rho, IGNORE_INDEX)
         local_tokens = (targets != IGNORE_INDEX).sum().to(torch.float64)
