@@ -1,6 +1,7 @@
 """The LLM training loop on a tiny GPT-2: checkpoints round-trip, resume, frozen mode, export."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,13 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_run(corpus, tm
     for section in ("tempnet", "lm"):
         for key, value in final_full[section].items():
             assert torch.equal(final_parts[section][key], value), f"{section}.{key}"
+
+
+@pytest.mark.parametrize("mode, dtype", [("joint", "float32"), ("frozen", "bfloat16")])
+def test_bf16_autocast_trains_with_a_float32_tempnet(corpus, tmp_path, mode, dtype):
+    """amp_bf16 (the GPU setting) runs on CPU autocast too: bf16 logits, float32 loss and TempNet input."""
+    final = run(corpus, tmp_path / "bf16", f"mode={mode}", f"model.dtype={dtype}", "run.precision=amp_bf16",
+                "steps=2")
+    assert all(map(math.isfinite, final.values()))
+    state = load_checkpoint(list_checkpoints(tmp_path / "bf16")[-1])
+    assert all(value.dtype == torch.float32 for value in state["tempnet"].values())
