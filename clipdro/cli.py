@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("clipdro.eval.cli", "retrieval / zero-shot benchmarks and result tables"),
     "export": ("clipdro.export", "a training run -> an open_clip-loadable checkpoint"),
     "report": ("clipdro.report", "markdown + plots of a run's learned temperatures"),
+    "llm": ("clipdro.llm.cli", "LLM TempNet: train, generate, evaluate perplexity"),
 }
 
 

@@ -203,7 +203,7 @@ class StepResult:
     text_tau: torch.Tensor
 
 
-class _Preemption:
+class Preemption:
     """SIGTERM sets a flag; the loop finishes its step, writes a checkpoint and returns."""
 
     def __init__(self) -> None:
@@ -354,7 +354,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     batches = iter(loader)
     logger.start_window(step)
     try:
-        with _Preemption() as preemption:
+        with Preemption() as preemption:
             while step < stop_after:
                 data_start = time.perf_counter()
                 try:

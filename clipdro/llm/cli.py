@@ -1,0 +1,110 @@
+"""`clipdro llm train|generate|eval`: LLM TempNet training, temperature-aware sampling, held-out perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from clipdro.config import from_dict
+from clipdro.errors import UsageError
+
+USAGE = """usage: clipdro llm <subcommand> [args ...]
+
+subcommands:
+  train     train a TempNet on a frozen LM, or LM + TempNet jointly (--config configs/llm_*.yaml)
+  generate  sample from an LM whose logits are divided by TempNet's per-token tau
+  eval      held-out perplexity with and without TempNet, mean tau, DRO objective"""
+
+
+def generate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clipdro llm generate", description="Sample with TempNet temperatures.")
+    parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
+    parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`; "
+                                                        "without it: plain sampling at temperature 1")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=0, help="0: off (the paper sampled without top-k)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--show-tau", action="store_true", help="print each generated token with its tau")
+    args = parser.parse_args(argv)
+    from clipdro.llm.generation import generate
+    from clipdro.llm.model import load_lm_with_tempnet
+
+    loaded = load_lm_with_tempnet(args.model, args.tempnet, args.device)
+    result = generate(loaded.lm, loaded.tokenizer, args.prompt, loaded.tempnet, args.max_new_tokens, args.top_k,
+                      args.top_p, args.seed)
+    print(args.prompt + result.text)
+    if args.show_tau:
+        if result.taus is None:
+            raise UsageError("--show-tau needs --tempnet")
+        print("\ntoken\ttau")
+        for token_id, tau in zip(result.token_ids, result.taus, strict=True):
+            print(f"{loaded.tokenizer.decode([token_id])!r}\t{tau:.4f}")
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clipdro llm eval", description="Held-out perplexity with/without TempNet.")
+    parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
+    parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`")
+    parser.add_argument("--data", nargs="*", default=None,
+                        help=".txt/.jsonl files or builtin:pydoc_topics (default: the TempNet run's held-out set)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the TempNet run's, else 512")
+    parser.add_argument("--rho", type=float, default=None, help="for the DRO objective (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-sequences", type=int, default=None,
+                        help="cap on held-out sequences (default: the TempNet run's eval.max_sequences, else all)")
+    parser.add_argument("--precision", choices=["fp32", "amp_bf16", "amp"], default="fp32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from clipdro.llm.config import LLMTrainConfig
+    from clipdro.llm.data import load_datasets, load_packed
+    from clipdro.llm.evaluation import evaluate_heldout
+    from clipdro.llm.model import load_lm_with_tempnet
+
+    loaded = load_lm_with_tempnet(args.model, args.tempnet, args.device)
+    run_config = from_dict(LLMTrainConfig, loaded.config) if loaded.config is not None else None
+    seq_len = args.seq_len or (run_config.data.seq_len if run_config else 512)
+    if args.data:
+        text_field = run_config.data.text_field if run_config else "text"
+        heldout = load_packed(args.data, loaded.tokenizer, seq_len, text_field)
+    elif run_config is not None:
+        run_config.data.seq_len = seq_len
+        _, heldout = load_datasets(run_config.data, loaded.tokenizer)
+        if heldout is None:
+            raise UsageError("the TempNet run had no held-out data: give --data")
+    else:
+        raise UsageError("give --data (or --tempnet of a run with held-out data)")
+    max_sequences = args.max_sequences if args.max_sequences is not None else (
+        run_config.eval.max_sequences if run_config else None)
+    rho = args.rho if args.rho is not None else (run_config.loss.rho if run_config else None)
+    if loaded.tempnet is not None and rho is None:
+        raise UsageError("give --rho for the DRO objective")
+    metrics = evaluate_heldout(loaded.lm, loaded.tempnet, *heldout, rho=rho, batch_size=args.batch_size,
+                               precision=args.precision, max_sequences=max_sequences)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    subcommand, rest = argv[0], argv[1:]
+    try:
+        import transformers  # noqa: F401  (the optional dependency of every subcommand)
+    except ImportError:
+        raise UsageError("clipdro llm needs transformers: pip install 'clipdro[llm]'") from None
+    if subcommand == "train":
+        from clipdro.llm.train import main as train_main
+
+        return train_main(rest)
+    if subcommand == "generate":
+        return generate_main(rest)
+    if subcommand == "eval":
+        return eval_main(rest)
+    raise UsageError(f"unknown subcommand {subcommand!r} (train, generate, eval)")
