@@ -414,7 +414,8 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                     log.warning("SIGTERM received: checkpoint at step %d and exit", step)
                     checkpoint(step)
                     return {}
-        checkpoint(step)
+        if not (config.run.checkpoint_every and step % config.run.checkpoint_every == 0):
+            checkpoint(step)  # unless the periodic one has just written this step
         return evaluate(step) if evaluator.enabled else {}
     finally:
         logger.close()

@@ -1,6 +1,6 @@
 """Small open_clip architectures shipped with clipdro (random init, for CPU demos and tests).
 
-``clipdro-tiny-vit``: 32 px ViT (2 layers, width 128) and a 2-layer text tower, 64-d
+``clipdro-tiny-vit``: 32 px ViT (patch 8, 2 layers, width 128) and a 2-layer text tower, 64-d
 embeddings, about 3.7 M parameters; most of them sit in the 49,408-token embedding.
 ``clipdro-small-vit``: 64 px ViT (4 layers, width 256), 4-layer text tower, 256-d embeddings.
 ``clipdro-RN50-DistilBERT``: the paper's CC3M model (method.md §5): timm ResNet-50 with
