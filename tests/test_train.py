@@ -183,3 +183,10 @@ def test_bf16_autocast_trains_with_float32_temperatures(shards, tmp_path):
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 2 and math.isfinite(record["loss"])
     assert 0.005 <= record["image_tau_min"] <= record["image_tau_max"] <= 0.05
+
+
+def test_gradient_checkpointing_gives_the_same_step(shards, tmp_path):
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    train(config_for(shards, plain, "run.epochs=1", "run.stop_after=2"))
+    train(config_for(shards, checkpointed, "run.epochs=1", "run.stop_after=2", "model.grad_checkpointing=true"))
+    assert step_losses(checkpointed) == pytest.approx(step_losses(plain), rel=1e-5)
