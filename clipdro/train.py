@@ -262,7 +262,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     # --- resume -------------------------------------------------------------------------------
-    start_step, nonfinite_total = 0, 0
+    start_step, nonfinite = 0, NonFiniteGuard(config.run.max_nonfinite_steps)
     if resume is not None:
         path = resolve_checkpoint(resume, run_dir)
         state = load_checkpoint(path, map_location=device)
@@ -273,7 +273,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             tempnet_optimizer.load_state_dict(state["tempnet_optimizer"])
         scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["data"])
-        start_step, nonfinite_total = state["step"], state["nonfinite_steps"]
+        start_step, nonfinite.total = state["step"], state["nonfinite_steps"]
         set_rng_state(state["rng"][context.rank])
         log.info("resumed from %s at step %d", path, start_step)
     else:
@@ -300,7 +300,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             "scaler": scaler.state_dict(),
             "data": loader.state_dict(),
             "rng": rng_states,
-            "nonfinite_steps": nonfinite_total,
+            "nonfinite_steps": nonfinite.total,
             "config": to_dict(config),
             "versions": environment_info()["packages"],
         }
@@ -349,7 +349,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
 
     # --- the loop ----------------------------------------------------------------------------
     model.train()
-    step, consecutive_nonfinite = start_step, 0
+    step = start_step
     stop_after = total_steps if config.run.stop_after is None else min(total_steps, config.run.stop_after)
     batches = iter(loader)
     logger.start_window(step)
@@ -378,17 +378,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                 logger.record_step(data_seconds=compute_start - data_start,
                                    compute_seconds=time.perf_counter() - compute_start, samples=global_batch)
 
-                if result.finite:
-                    consecutive_nonfinite = 0
-                else:
-                    consecutive_nonfinite += 1
-                    nonfinite_total += 1
-                    log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step,
-                                consecutive_nonfinite, nonfinite_total)
-                    if consecutive_nonfinite >= config.run.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopped "
-                            f"without writing a checkpoint (the last good one is intact)")
+                nonfinite.record(result.finite, step)
 
                 if step % config.run.log_every == 0 or step == stop_after:
                     image_tau = all_gather_no_grad(result.image_tau.float().contiguous())
@@ -401,7 +391,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                         **result.metrics,
                         **tau_summary("image_tau", image_tau),
                         **tau_summary("text_tau", text_tau),
-                        "nonfinite_steps": nonfinite_total,
+                        "nonfinite_steps": nonfinite.total,
                         **skip_summary(loader_counts(loader)),
                     }, world_size=context.world_size)
 
@@ -423,6 +413,31 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class NonFiniteGuard:
+    """Counts steps skipped for a NaN/Inf loss; too many in a row stop the run.
+
+    ``total`` goes into checkpoints and the log. No checkpoint is written inside a streak, so
+    when the error is raised the newest checkpoint is the last good one.
+    """
+
+    def __init__(self, max_in_a_row: int, total: int = 0):
+        self.max_in_a_row = max_in_a_row
+        self.total = total
+        self.in_a_row = 0
+
+    def record(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.total += 1
+        log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step, self.in_a_row,
+                    self.total)
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteLossError(f"{self.in_a_row} consecutive non-finite losses at step {step}; stopped "
+                                     f"without writing a checkpoint (the last good one is intact)")
 
 
 def loss_options(config: TrainConfig) -> dict[str, Any]:

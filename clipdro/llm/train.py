@@ -52,7 +52,15 @@ from clipdro.llm.model import (
 )
 from clipdro.losses import check_rho, dro_token_loss
 from clipdro.run_logging import RunLogger, tau_summary
-from clipdro.train import NonFiniteLossError, Preemption, autocast_context, model_lr, resolve_device, run_folder
+from clipdro.train import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    Preemption,
+    autocast_context,
+    model_lr,
+    resolve_device,
+    run_folder,
+)
 
 log = logging.getLogger("clipdro.llm.train")
 
@@ -140,7 +148,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     # --- resume -------------------------------------------------------------------------------
-    start_step, nonfinite_total = 0, 0
+    start_step, nonfinite = 0, NonFiniteGuard(config.run.max_nonfinite_steps)
     if resume is not None:
         path = resolve_checkpoint(resume, run_dir)
         state = load_checkpoint(path, map_location=device)
@@ -152,7 +160,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         batches.load_state_dict(state["data"])
-        start_step, nonfinite_total = state["step"], state["nonfinite_steps"]
+        start_step, nonfinite.total = state["step"], state["nonfinite_steps"]
         set_rng_state(state["rng"][context.rank])
         log.info("resumed from %s at step %d", path, start_step)
     else:
@@ -182,7 +190,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
             "scaler": scaler.state_dict(),
             "data": batches.state_dict(),
             "rng": rng_states,
-            "nonfinite_steps": nonfinite_total,
+            "nonfinite_steps": nonfinite.total,
             "config": to_dict(config),
             "versions": environment_info()["packages"],
         }
@@ -224,7 +232,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
         return StepResult(global_mean, True, tau.detach())
 
     # --- the loop ----------------------------------------------------------------------------
-    step, consecutive_nonfinite = start_step, 0
+    step = start_step
     stop_after = total_steps if config.run.stop_after is None else min(total_steps, config.run.stop_after)
     metrics = evaluate(step) if start_step == 0 else {}
     lm.train(train_lm)  # a frozen LM stays in eval mode: no dropout in the logits TempNet learns from
@@ -250,17 +258,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
                 logger.record_step(data_seconds=compute_start - data_start,
                                    compute_seconds=time.perf_counter() - compute_start, samples=batches.global_batch)
 
-                if result.finite:
-                    consecutive_nonfinite = 0
-                else:
-                    consecutive_nonfinite += 1
-                    nonfinite_total += 1
-                    log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step,
-                                consecutive_nonfinite, nonfinite_total)
-                    if consecutive_nonfinite >= config.run.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{consecutive_nonfinite} consecutive non-finite losses at step {step}; stopped "
-                            f"without writing a checkpoint (the last good one is intact)")
+                nonfinite.record(result.finite, step)
 
                 if step % config.run.log_every == 0 or step == stop_after:
                     valid = all_gather_no_grad(targets.contiguous()) != IGNORE_INDEX
@@ -271,7 +269,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
                         "lr": optimizer.param_groups[0]["lr"] if train_lm else None,
                         "tempnet_lr": config.tempnet.lr,
                         **tau_summary("tau", tau),
-                        "nonfinite_steps": nonfinite_total,
+                        "nonfinite_steps": nonfinite.total,
                     }, world_size=context.world_size)
                 if config.eval.every_steps and step % config.eval.every_steps == 0 and step < stop_after:
                     metrics = evaluate(step)
