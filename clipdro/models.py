@@ -76,12 +76,18 @@ def resolve_model_name(name: str) -> str:
 
 
 def create_clip(name: str, pretrained: str | None = None, pretrained_image: bool = False,
-                device: str | torch.device = "cpu"):
-    """(model, train transform, eval transform, tokenizer) from open_clip, offline unless asked."""
+                pretrained_text: bool = True, device: str | torch.device = "cpu"):
+    """(model, train transform, eval transform, tokenizer) from open_clip, offline unless asked.
+
+    ``pretrained_image`` / ``pretrained_text`` load a timm / Hugging Face tower's own base weights
+    (open_clip 3.3 overrides the JSON config's ``timm_model_pretrained`` / ``hf_model_pretrained``
+    with them); they only matter for such towers and need network on first use.
+    """
     name = resolve_model_name(name)
     try:
         model, train_transform, eval_transform = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, pretrained_image=pretrained_image, device=device, output_dict=True)
+            name, pretrained=pretrained, pretrained_image=pretrained_image, pretrained_text=pretrained_text,
+            device=device, output_dict=True)
     except RuntimeError as error:  # unknown pretrained tag, missing file
         raise UsageError(f"model {name} with pretrained={pretrained!r}: {error}") from None
     return model, train_transform, eval_transform, open_clip.get_tokenizer(name)
@@ -124,7 +130,9 @@ def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu")
     state = load_checkpoint(path, map_location="cpu")
     config = state["config"]
     model_config = config["model"]
-    clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None, device="cpu")
+    # Every weight comes from the checkpoint: no pretrained tag, no base tower weights to download.
+    clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None, pretrained_image=False,
+                                                     pretrained_text=False, device="cpu")
     image_tempnet = text_tempnet = None
     if any(key.startswith("image_tempnet.") for key in state["model"]):
         dim = embedding_dim(model_config["name"])
