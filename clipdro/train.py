@@ -139,8 +139,11 @@ def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
 
 
 def run_folder(config: TrainConfig) -> Path:
-    name = config.run.name or time.strftime("%Y%m%d-%H%M%S")
-    return Path(config.run.output_dir) / name
+    """output_dir/name; without a name, rank 0's start time, shared with every rank."""
+    names = [config.run.name or time.strftime("%Y%m%d-%H%M%S")]
+    if is_distributed():
+        dist.broadcast_object_list(names, src=0)
+    return Path(config.run.output_dir) / names[0]
 
 
 @torch.no_grad()
