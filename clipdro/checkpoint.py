@@ -94,3 +94,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_run_checkpoint(state: dict[str, Any], *, run_dir: Path, step: int, keep_last: int, config: dict,
+                        nonfinite_steps: int) -> Path | None:
+    """Every rank calls this (the RNG states are gathered); rank 0 adds the fields every run
+    checkpoint has (step, RNG states of all ranks, skipped steps, resolved config, package
+    versions) to ``state`` and writes it. Returns the path on rank 0, None elsewhere."""
+    import torch.distributed as dist
+
+    from clipdro.distributed import get_rank, get_world_size, is_distributed
+    from clipdro.info import environment_info
+
+    rng_states = [rng_state()]
+    if is_distributed():
+        rng_states = [None] * get_world_size()
+        dist.all_gather_object(rng_states, rng_state())
+    if get_rank() != 0:
+        return None
+    payload = {**state, "step": step, "rng": rng_states, "nonfinite_steps": nonfinite_steps, "config": config,
+               "versions": environment_info()["packages"]}
+    return save_checkpoint(payload, run_dir, step, keep_last)

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, save_run_checkpoint, set_rng_state
 from clipdro.config import TrainConfig, load_config, save_config, to_dict
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
@@ -48,7 +48,6 @@ from clipdro.distributed import (
 from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
-from clipdro.info import environment_info
 from clipdro.losses import DROContrastiveLoss, build_contrastive_loss
 from clipdro.models import CLIPWithTempNets, create_clip, embedding_dim
 from clipdro.run_logging import RunLogger, tau_summary
@@ -286,29 +285,19 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                  if context.enabled else model)
 
     def checkpoint(step: int) -> None:
-        rng_states = [None] * context.world_size
-        if context.enabled:
-            dist.all_gather_object(rng_states, rng_state())
-        else:
-            rng_states = [rng_state()]
-        if not context.is_main:
-            return
-        payload = {
+        state = {
             "format": "clipdro-checkpoint/1",
-            "step": step,
             "model": model.state_dict(),
             "loss": loss_fn.state_dict(),
             "optimizer": model_optimizer.state_dict(),
             "tempnet_optimizer": tempnet_optimizer.state_dict() if tempnet_optimizer else None,
             "scaler": scaler.state_dict(),
             "data": loader.state_dict(),
-            "rng": rng_states,
-            "nonfinite_steps": nonfinite.total,
-            "config": to_dict(config),
-            "versions": environment_info()["packages"],
         }
-        path = save_checkpoint(payload, run_dir, step, config.run.keep_last)
-        log.info("checkpoint %s", path)
+        path = save_run_checkpoint(state, run_dir=run_dir, step=step, keep_last=config.run.keep_last,
+                                   config=to_dict(config), nonfinite_steps=nonfinite.total)
+        if path is not None:
+            log.info("checkpoint %s", path)
 
     def evaluate(step: int) -> dict[str, float]:
         metrics = evaluator.run(model, eval_transform, tokenizer, device)

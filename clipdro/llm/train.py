@@ -31,11 +31,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
+from clipdro.checkpoint import load_checkpoint, resolve_checkpoint, save_run_checkpoint, set_rng_state
 from clipdro.config import load_config, save_config, to_dict
 from clipdro.distributed import all_gather_no_grad, any_rank, init_distributed, is_distributed
 from clipdro.errors import UsageError
-from clipdro.info import environment_info
 from clipdro.llm.config import LLMTrainConfig
 from clipdro.llm.data import IGNORE_INDEX, GlobalBatches, load_datasets
 from clipdro.llm.evaluation import evaluate_heldout
@@ -172,16 +171,8 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     ddp_tempnet = DistributedDataParallel(tempnet, **ddp_options) if context.enabled else tempnet
 
     def checkpoint(step: int) -> None:
-        rng_states = [None] * context.world_size
-        if context.enabled:
-            dist.all_gather_object(rng_states, rng_state())
-        else:
-            rng_states = [rng_state()]
-        if not context.is_main:
-            return
-        payload = {
+        state = {
             "format": CHECKPOINT_FORMAT,
-            "step": step,
             "mode": config.mode,
             "tempnet": tempnet.state_dict(),
             "tempnet_shape": asdict(tempnet_shape),
@@ -189,13 +180,11 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "data": batches.state_dict(),
-            "rng": rng_states,
-            "nonfinite_steps": nonfinite.total,
-            "config": to_dict(config),
-            "versions": environment_info()["packages"],
         }
-        path = save_checkpoint(payload, run_dir, step, config.run.keep_last)
-        log.info("checkpoint %s", path)
+        path = save_run_checkpoint(state, run_dir=run_dir, step=step, keep_last=config.run.keep_last,
+                                   config=to_dict(config), nonfinite_steps=nonfinite.total)
+        if path is not None:
+            log.info("checkpoint %s", path)
 
     def evaluate(step: int) -> dict[str, float]:
         if heldout is None:
