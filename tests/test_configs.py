@@ -7,8 +7,9 @@ import pytest
 from clipdro.config import TrainConfig, load_config
 from clipdro.models import resolve_model_name
 
-CONFIGS = sorted(path for path in (Path(__file__).parents[1] / "configs").glob("*.yaml")
-                 if not path.name.startswith("llm_"))
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted(path for folder in (ROOT / "configs", ROOT / "benchmarks" / "configs")
+                 for path in folder.glob("*.yaml") if not path.name.startswith("llm_"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])

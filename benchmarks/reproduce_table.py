@@ -1,0 +1,273 @@
+"""The paper's comparison (CLIP, SogCLR, iSogCLR, TempNet; method.md §5) at laptop scale.
+
+    python benchmarks/reproduce_table.py                       # 4 methods x 3 seeds, about 1 hour on 2 CPU cores
+    python benchmarks/reproduce_table.py --seeds 0 --methods clip tempnet run.epochs=2   # a quick look
+
+Every run trains ``clipdro-tiny-vit`` on the embedded openclipart training split with
+``benchmarks/configs/reproduce.yaml`` plus the method's overrides (``METHODS`` below), so the
+model, the data order (``data.seed``), the initialisation (``run.seed``), the batch and the number
+of steps are the same for all methods of a seed. Each run is evaluated at its end by the trainer
+itself on the held-out split: retrieval recall@1/5/10 both ways and 22-way zero-shot accuracy.
+Runs of a per-sample method (``tempnet``, ``isogclr``) then get ``clipdro report``, whose
+``training_taus.csv`` gives the spread of the learned temperatures over the 5,712 training
+samples and their Spearman correlation with caption commonness (docs/evaluation.md).
+
+Runs are done seed by seed (all methods of seed 0 first), so a partial sweep is balanced. A run
+whose folder already holds a finished run of exactly the same resolved config is reused, not
+retrained: rerunning the command after an interruption continues the sweep (``--fresh`` retrains).
+Extra ``key=value`` arguments override the config of every run (e.g. ``run.epochs=2``).
+
+Outputs in ``--output-dir`` (default ``runs/reproduce``): one folder per run, ``results.json``
+(settings, hardware, every run, summaries), ``results.md`` (the mean ± std table, per-seed
+TempNet - CLIP differences, temperature spreads) and ``--figure`` (default
+``OUTPUT_DIR/reproduce_table.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from clipdro.config import TrainConfig, load_config, to_dict  # noqa: E402
+from clipdro.eval.temperature_report import spearman  # noqa: E402
+
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "reproduce.yaml"
+EVAL_SET = "openclipart-test"
+
+# Each method's settings on top of the base config. Everything else (model, data, batch, steps,
+# optimiser, tau range, rho, gamma) is shared; docs/results.md explains every choice.
+METHODS: dict[str, list[str]] = {
+    "clip": ["loss.name=clip", "temperature.init=0.07"],  # open_clip's initial 1/logit_scale, learned from there
+    "sogclr": ["loss.name=sogclr"],  # one fixed tau = temperature.init of the base config
+    "isogclr": ["loss.name=isogclr"],  # per-sample tau tables, every row starting at temperature.init
+    "tempnet": ["loss.name=tempnet"],
+}
+PER_SAMPLE_METHODS = ("isogclr", "tempnet")
+
+# (column title, metrics.jsonl key) in table order; IR = text->image, TR = image->text (method.md §5)
+METRICS = [
+    ("IR@1", "image_retrieval_recall@1"), ("IR@5", "image_retrieval_recall@5"), ("IR@10", "image_retrieval_recall@10"),
+    ("TR@1", "text_retrieval_recall@1"), ("TR@5", "text_retrieval_recall@5"), ("TR@10", "text_retrieval_recall@10"),
+    ("zero-shot top-1", "zeroshot_acc1"), ("zero-shot top-5", "zeroshot_acc5"),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. run.epochs=2")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "runs" / "reproduce")
+    parser.add_argument("--figure", type=Path, help="the plot (default OUTPUT_DIR/reproduce_table.png)")
+    parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+def run_overrides(method: str, seed: int, output_dir: Path, extra: list[str]) -> list[str]:
+    return [*METHODS[method], f"run.seed={seed}", f"data.seed={seed}", f"run.output_dir={output_dir}",
+            f"run.name={method}-seed{seed}", *extra]
+
+
+def final_eval(run_dir: Path) -> dict | None:
+    """The last evaluation record of a run's metrics.jsonl, None when the run has none."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    evals = [record for record in records if "eval" in record]
+    return evals[-1] if evals else None
+
+
+def finished_with(run_dir: Path, expected: dict) -> bool:
+    """Whether ``run_dir`` holds a run of exactly this resolved config that trained to its end."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists() or yaml.safe_load(saved.read_text()) != expected:
+        return False
+    record = final_eval(run_dir)
+    steps = expected["run"]["epochs"] * expected["data"]["epoch_samples"] // expected["data"]["batch_size"]
+    return record is not None and record["step"] == steps
+
+
+def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float | None]:
+    """Train (or reuse) one run; returns its folder and the training wall time (None when reused)."""
+    overrides = run_overrides(method, seed, args.output_dir, args.overrides)
+    expected = to_dict(load_config(TrainConfig, BASE_CONFIG, overrides))
+    run_dir = args.output_dir / f"{method}-seed{seed}"
+    if not args.fresh and finished_with(run_dir, expected):
+        print(f"[{method} seed {seed}] reusing the finished run in {run_dir}", flush=True)
+        return run_dir, None
+    shutil.rmtree(run_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG), *overrides]
+    print(f"[{method} seed {seed}] {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    with open(args.output_dir / f"{method}-seed{seed}.console.txt", "w") as console:
+        subprocess.run(command, cwd=REPO_ROOT, stdout=console, stderr=subprocess.STDOUT, check=True)
+    seconds = time.perf_counter() - started
+    print(f"[{method} seed {seed}] trained in {seconds / 60:.1f} min", flush=True)
+    return run_dir, seconds
+
+
+def temperature_summary(run_dir: Path) -> dict:
+    """Spread of the learned per-sample taus over the training samples, from ``clipdro report``."""
+    subprocess.run([sys.executable, "-m", "clipdro.cli", "report", str(run_dir), "--data",
+                    str(REPO_ROOT / "data" / "openclipart" / "test")],
+                   cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+    with open(run_dir / "report" / "training_taus.csv") as file:
+        rows = list(csv.DictReader(file))
+    commonness = [float(row["commonness"]) for row in rows]
+    summary = {}
+    for side in ("image", "text"):
+        taus = sorted(float(row[f"{side}_tau"]) for row in rows if math.isfinite(float(row[f"{side}_tau"])))
+        p5, p95 = taus[int(0.05 * (len(taus) - 1))], taus[int(0.95 * (len(taus) - 1))]
+        summary[side] = {"mean": statistics.fmean(taus), "std": statistics.pstdev(taus), "p5": p5, "p95": p95,
+                         "p95_over_p5": p95 / p5,
+                         "spearman_commonness": spearman(commonness, [float(row[f"{side}_tau"]) for row in rows])}
+    return summary
+
+
+def global_tau(run_dir: Path) -> float:
+    """The last logged temperature of a one-temperature run (clip: 1/logit_scale; sogclr: the fixed tau)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [record for record in records if "image_tau_mean" in record][-1]["image_tau_mean"]
+
+
+# ------------------------------------------------------------------------------ summaries
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: list[dict], methods: list[str]) -> dict:
+    summary = {}
+    for method in methods:
+        mine = [run for run in runs if run["method"] == method]
+        summary[method] = {title: mean_std([run["metrics"][title] for run in mine]) for title, _ in METRICS}
+        summary[method]["seeds"] = len(mine)
+    return summary
+
+
+def paired_differences(runs: list[dict], method: str, baseline: str) -> dict[str, list[float]]:
+    """Per seed, method - baseline for each metric (same data order and initialisation)."""
+    by_key = {(run["method"], run["seed"]): run for run in runs}
+    seeds = sorted(seed for (name, seed) in by_key if name == method and (baseline, seed) in by_key)
+    return {title: [by_key[(method, seed)]["metrics"][title] - by_key[(baseline, seed)]["metrics"][title]
+                    for seed in seeds] for title, _ in METRICS}
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown(runs: list[dict], summary: dict, methods: list[str]) -> str:
+    lines = ["| method | " + " | ".join(title for title, _ in METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    for method in methods:
+        cells = [f"{percent(mean)} ± {percent(std)}" for mean, std in (summary[method][t] for t, _ in METRICS)]
+        lines.append(f"| {method} ({summary[method]['seeds']} seeds) | " + " | ".join(cells) + " |")
+    for method in methods:
+        if method == "clip" or "clip" not in methods:
+            continue
+        differences = paired_differences(runs, method, "clip")
+        lines += ["", f"{method} − clip per seed (percentage points, same data order and initialisation):", "",
+                  "| metric | " + " | ".join(f"seed {run['seed']}" for run in runs if run["method"] == method)
+                  + " | mean |", "|---|" + "---:|" * (1 + sum(run["method"] == method for run in runs))]
+        for title, _ in METRICS:
+            values = differences[title]
+            lines.append(f"| {title} | " + " | ".join(f"{100 * v:+.1f}" for v in values)
+                         + f" | {100 * statistics.fmean(values):+.1f} |")
+    lines += ["", "| run | final tau (image) | image tau p5 – p95 (p95/p5) | text tau p5 – p95 (p95/p5) | "
+              "Spearman(tau, commonness) image / text | train min |", "|---|---|---|---|---|---:|"]
+    for run in runs:
+        minutes = f"{run['train_seconds'] / 60:.1f}" if run["train_seconds"] else "reused"
+        taus = run.get("taus")
+        if taus:
+            image, text = taus["image"], taus["text"]
+            lines.append(f"| {run['name']} | {image['mean']:.4f} (mean) | {image['p5']:.4f} – {image['p95']:.4f} "
+                         f"({image['p95_over_p5']:.2f}) | {text['p5']:.4f} – {text['p95']:.4f} "
+                         f"({text['p95_over_p5']:.2f}) | {image['spearman_commonness']:+.2f} / "
+                         f"{text['spearman_commonness']:+.2f} | {minutes} |")
+        else:
+            lines.append(f"| {run['name']} | {run['global_tau']:.4f} (global) | – | – | – | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], summary: dict, methods: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: files only, no display needed
+
+    shown = ["IR@1", "IR@5", "TR@1", "TR@5", "zero-shot top-1"]
+    figure = Figure(figsize=(9, 4), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(methods)
+    for offset, method in enumerate(methods):
+        xs = [index + (offset - (len(methods) - 1) / 2) * width for index in range(len(shown))]
+        means = [100 * summary[method][title][0] for title in shown]
+        stds = [100 * summary[method][title][1] for title in shown]
+        axes.bar(xs, means, width, yerr=stds, capsize=3, label=method)
+        for x, title in zip(xs, shown, strict=True):  # every seed as a dot
+            seeds = [100 * run["metrics"][title] for run in runs if run["method"] == method]
+            axes.scatter([x] * len(seeds), seeds, s=8, color="black", zorder=3)
+    axes.set_xticks(range(len(shown)), shown)
+    axes.set_ylabel("% on the 1,000 held-out openclipart images")
+    axes.set_title("clipdro-tiny-vit on openclipart: mean ± std over seeds (dots: single seeds)")
+    axes.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.output_dir = args.output_dir.resolve()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = []
+    for seed in args.seeds:
+        for method in args.methods:
+            run_dir, seconds = train(method, seed, args)
+            record = final_eval(run_dir)["eval"]
+            run = {"method": method, "seed": seed, "name": run_dir.name, "train_seconds": seconds,
+                   "metrics": {title: record[f"{EVAL_SET}/{key}"] for title, key in METRICS}}
+            if method in PER_SAMPLE_METHODS:
+                run["taus"] = temperature_summary(run_dir)
+            else:
+                run["global_tau"] = global_tau(run_dir)
+            runs.append(run)
+    summary = summarise(runs, args.methods)
+    table = markdown(runs, summary, args.methods)
+    figure = args.figure or args.output_dir / "reproduce_table.png"
+    plot(runs, summary, args.methods, figure)
+    settings = {"base_config": str(BASE_CONFIG.relative_to(REPO_ROOT)), "seeds": args.seeds,
+                "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides}
+    hardware = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                "python": platform.python_version()}
+    (args.output_dir / "results.json").write_text(json.dumps(
+        {"settings": settings, "hardware": hardware, "runs": runs, "summary": summary}, indent=2))
+    (args.output_dir / "results.md").write_text(table)
+    print(table)
+    print(f"wrote {args.output_dir / 'results.json'}, {args.output_dir / 'results.md'}, {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
