@@ -15,6 +15,11 @@ single temperature (what a non-personalising TempNet can reach at most).
 
 It isolates the TempNet's optimisation from the encoders': a setting that cannot fit tau* here
 cannot personalise in joint training within the same number of steps either.
+
+First it dissects the run's own image and text TempNets on the training embeddings (eval mode):
+how much the transformed input x = sigmoid(Linear(e)) varies across samples, how many distinct
+prototypes win the pooling softmax, and the spread of the resulting taus. ``--lrs`` without values
+prints only that.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +64,19 @@ def training_embeddings(run_dir: Path, shards: str) -> tuple[torch.Tensor, torch
     return embeddings
 
 
+@torch.no_grad()
+def dissect(net: CLIPTempNet, embeddings: torch.Tensor, name: str) -> None:
+    """How sample-dependent each stage of a trained TempNet is (eval mode: dropout off)."""
+    net.eval()
+    x = torch.sigmoid(net.transform(embeddings))
+    scores = x @ F.normalize(net.prototypes, dim=-1).t()
+    weights = torch.softmax(scores / net.pooling.log_scale.exp(), dim=-1)
+    tau = net(embeddings)
+    print(f"| {name} | {x.mean():.3f} | {x.std(0).mean():.4f} | {scores.std(1).mean():.3f} | "
+          f"{scores.std(0).mean():.4f} | {weights.argmax(1).unique().numel()} | {weights.max(1).values.mean():.2f} | "
+          f"{net.pooling.log_scale.exp():.4f} | {tau.mean():.4f} | {tau.quantile(0.95) / tau.quantile(0.05):.4f} |")
+
+
 def competitor_scores(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """h_ij = s_ij - s_ii for the B - 1 competitors j != i of each anchor i: [B, B - 1]."""
     scores = anchors @ candidates.t()
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default=str(REPO_ROOT / "data" / "openclipart" / "train"))
     parser.add_argument("--rho", type=float, default=5.0)
     parser.add_argument("--tau-range", type=float, nargs=2, default=[0.005, 0.05])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument("--lrs", type=float, nargs="*", default=[1e-4, 1e-3, 1e-2])
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.5, 0.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[264, 2000])
     args = parser.parse_args(argv)
@@ -95,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
 
     image_embeddings, text_embeddings = training_embeddings(args.run, args.shards)
     count, dim = image_embeddings.shape
+    run = load_trained_run(args.run)
+    if run.model.has_tempnets:
+        print(f"The run's own TempNets on its {count} training embeddings (eval mode):")
+        print("| TempNet | mean x | std of x over samples | std of scores over prototypes | std of scores over samples "
+              "| distinct winning prototypes | mean top pooling weight | pooling scale | tau mean | tau p95/p5 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        dissect(run.model.image_tempnet, image_embeddings, "image")
+        dissect(run.model.text_tempnet, text_embeddings, "text")
+    if not args.lrs:
+        return 0
     generator = torch.Generator().manual_seed(1)
     held_out = torch.cat([torch.randperm(count, generator=generator)[:BATCH] for _ in range(8)])
     targets = torch.cat([best_taus(competitor_scores(image_embeddings[rows], text_embeddings[rows]), args.rho,
