@@ -2,6 +2,9 @@
 
     python benchmarks/train_throughput.py --output runs/train_throughput.json
     python benchmarks/train_throughput.py --shards /tmp/shards --steps 30 --warmup-steps 5 --output /tmp/tt.json
+    # the GPU check (docs/performance.md): ViT-B-32, batch 256, bf16 autocast
+    python benchmarks/train_throughput.py --model ViT-B-32 --device cuda --precision amp_bf16 --workers 12 \
+        --threads 4 --steps 120 --warmup-steps 36 --log-every 12 --repeats 2 --output runs/gpu_throughput.json
 
 Three trainers run one after the other on the same machine state, each in a fresh child process:
 
@@ -17,7 +20,8 @@ processes' load can change a run's speed several-fold within seconds: record the
 (the JSON has them) and trust only figures taken on an idle machine.
 
 Same work for every trainer: model (default ``clipdro-tiny-vit``), shards (``--shards``, a folder
-with manifest.json), batch size, data-loader workers, torch threads, precision fp32, device,
+with manifest.json), batch size, data-loader workers, torch threads, precision (``--precision``:
+fp32 by default, or amp_bf16, open_clip's name, which clipdro shares), device,
 seed 0, number of optimiser steps, the open_clip train transform (clipdro's
 ``model.train_transform=train`` is the same ``preprocess_train``), AdamW with lr 8e-4, weight
 decay 0.02, betas (0.9, 0.999), eps 1e-8, no warm-up and no gradient clipping. (The initial
@@ -215,12 +219,16 @@ def targets_met(ratios: dict[str, float]) -> dict[str, bool]:
             "ours_at_least_as_fast_as_open_clip": ratios["ours_vs_open_clip"] >= TARGET_MIN_OURS_VS_OPEN_CLIP}
 
 
-def markdown_table(summary: dict[str, Throughput], ratios: dict[str, float]) -> str:
-    lines = ["| trainer | samples/s (steady) | samples/s (median step) | data wait | measured steps (all runs) |",
-             "|---|---:|---:|---:|---:|"]
+def markdown_table(summary: dict[str, Throughput], ratios: dict[str, float],
+                   peak_memory_gib: dict[str, float] | None = None) -> str:
+    """The summary table; with ``peak_memory_gib`` (trainer -> GiB, CUDA runs) a peak-memory column."""
+    memory = peak_memory_gib or {}
+    lines = ["| trainer | samples/s (steady) | samples/s (median step) | data wait | measured steps (all runs) |"
+             + (" peak CUDA memory |" if memory else ""), "|---|---:|---:|---:|---:|" + ("---:|" if memory else "")]
     for name, result in summary.items():
+        peak = (f" {memory[name]:.2f} GiB |" if name in memory else " – |") if memory else ""
         lines.append(f"| {name} | {result.samples_per_s:.1f} | {result.median_samples_per_s:.1f} | "
-                     f"{result.data_fraction:.1%} | {result.measured_steps} |")
+                     f"{result.data_fraction:.1%} | {result.measured_steps} |{peak}")
     lines += ["",
               f"- TempNet + DRO overhead over CLIP (our loop): {ratios['tempnet_overhead']:+.1%} "
               f"(target <= {TARGET_MAX_TEMPNET_OVERHEAD:.0%})",
@@ -324,6 +332,7 @@ class Settings:
     warmup_steps: int
     log_every: int
     device: str
+    precision: str  # fp32 or amp_bf16, the same name in both trainers
     work_dir: Path
 
 
@@ -334,7 +343,8 @@ def clipdro_command(settings: Settings, loss: str, run_dir: Path) -> list[str]:
             f"data.epoch_samples={settings.steps * settings.batch_size}", f"model.name={settings.model}",
             f"loss.name={loss}", f"loss.rho={default_rho(settings.batch_size)}", f"optim.lr={LEARNING_RATE}",
             f"optim.weight_decay={WEIGHT_DECAY}", "run.epochs=1", f"run.log_every={settings.log_every}",
-            "run.precision=fp32", f"run.device={settings.device}", "run.seed=0", f"run.output_dir={run_dir.parent}",
+            f"run.precision={settings.precision}", f"run.device={settings.device}", "run.seed=0",
+            f"run.output_dir={run_dir.parent}",
             f"run.name={run_dir.name}"]
 
 
@@ -342,7 +352,8 @@ def open_clip_command(settings: Settings, python: Path, run_dir: Path) -> list[s
     return [str(python), str(LAUNCHER), "--train-data", open_clip_train_data(settings.shards),
             "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(settings.steps * settings.batch_size), "--batch-size", str(settings.batch_size),
-            "--workers", str(settings.workers), "--epochs", "1", "--model", settings.model, "--precision", "fp32",
+            "--workers", str(settings.workers), "--epochs", "1", "--model", settings.model,
+            "--precision", settings.precision,
             "--device", settings.device, "--seed", "0", "--lr", str(LEARNING_RATE), "--wd", str(WEIGHT_DECAY),
             "--beta1", "0.9", "--beta2", "0.999", "--eps", "1e-8", "--warmup", "0",
             "--log-every-n-steps", str(settings.log_every),
@@ -373,6 +384,13 @@ def run_trainer(trainer: str, settings: Settings, open_clip_python: Path, env: d
     return windows, wall_s
 
 
+def clipdro_peak_memory(run_dir: Path) -> float | None:
+    """The peak CUDA memory (GiB) a clipdro run logged last; None for runs on other devices."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    peaks = [record["max_memory_gib"] for record in records if "max_memory_gib" in record]
+    return peaks[-1] if peaks else None
+
+
 def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
@@ -394,6 +412,7 @@ def main() -> int:
                         help="steps per log line of every trainer (1 on CPU; more where steps take milliseconds)")
     parser.add_argument("--repeats", type=int, default=3, help="round-robin passes over the three trainers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="open_clip's venv (created once)")
     parser.add_argument("--work-dir", type=Path, help="run folders, console logs (default: runs/train-throughput-TIME)")
     args = parser.parse_args()
@@ -409,7 +428,7 @@ def main() -> int:
     settings = Settings(shards=args.shards.resolve(), model=args.model, batch_size=args.batch_size,
                         workers=args.workers, threads=args.threads, steps=args.steps,
                         warmup_steps=args.warmup_steps, log_every=args.log_every, device=args.device,
-                        work_dir=work_dir.resolve())
+                        precision=args.precision, work_dir=work_dir.resolve())
     env = child_environment(settings.threads)
     open_clip_python = ensure_open_clip_venv(args.venv)
     environments = {"clipdro": probe_environment(Path(sys.executable), env),
@@ -431,18 +450,22 @@ def main() -> int:
                   f"(median step {result.median_samples_per_s:.1f}), data wait {result.data_fraction:.1%}, "
                   f"process {wall_s:.1f} s, load {load_average()}")
             results[trainer].append(result)
-            run_records[trainer].append({"repeat": repeat, "run_dir": str(run_dir), "process_wall_s": round(wall_s, 2),
-                                         **asdict(result)})
+            record = {"repeat": repeat, "run_dir": str(run_dir), "process_wall_s": round(wall_s, 2), **asdict(result)}
+            if trainer != "open_clip":  # open_clip's log has no memory figure
+                record["peak_memory_gib"] = clipdro_peak_memory(run_dir)
+            run_records[trainer].append(record)
     load_after = load_average()
 
     summary = {trainer: summarise(results[trainer]) for trainer in TRAINERS}
     ratios = throughput_ratios(tempnet=summary["tempnet"].samples_per_s, clip=summary["clip"].samples_per_s,
                                open_clip=summary["open_clip"].samples_per_s)
-    table = markdown_table(summary, ratios)
+    peak_memory_gib = {trainer: max(record["peak_memory_gib"] for record in run_records[trainer])
+                       for trainer in TRAINERS if run_records[trainer][0].get("peak_memory_gib") is not None}
+    table = markdown_table(summary, ratios, peak_memory_gib)
     report = {
         "command": shlex.join(["python", *sys.argv]),
         "settings": {**asdict(settings), "shards": str(settings.shards), "work_dir": str(settings.work_dir),
-                     "precision": "fp32", "repeats": args.repeats, "rho": default_rho(settings.batch_size)},
+                     "repeats": args.repeats, "rho": default_rho(settings.batch_size)},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_before": load_before,
                     "load_average_after": load_after},
         "environments": environments,

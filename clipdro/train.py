@@ -385,6 +385,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
                         **tau_summary("text_tau", text_tau),
                         "nonfinite_steps": nonfinite.total,
                         **skip_summary(loader_counts(loader)),
+                        **peak_memory(device),
                     }, world_size=context.world_size)
 
                 # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
@@ -452,6 +453,13 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This rank's peak allocated CUDA memory since start, in GiB (nothing on other devices)."""
+    if device.type != "cuda":
+        return {}
+    return {"max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def skip_summary(counts: dict[str, int]) -> dict[str, int]:

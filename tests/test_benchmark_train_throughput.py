@@ -120,3 +120,12 @@ def test_open_clip_train_data_lists_the_manifest_shards(tmp_path):
         {"shards": [{"path": "train-000000.tar", "num_samples": 2}, {"path": "train-000001.tar", "num_samples": 1}]}))
     folder = tmp_path.resolve()
     assert open_clip_train_data(tmp_path) == f"{folder}/train-000000.tar::{folder}/train-000001.tar"
+
+
+def test_markdown_table_peak_memory_column():
+    summary = {name: Throughput(10, 100.0, 100.0, 0.01) for name in ("tempnet", "clip", "open_clip")}
+    ratios = throughput_ratios(100.0, 100.0, 100.0)
+    assert "peak CUDA memory" not in markdown_table(summary, ratios)
+    table = markdown_table(summary, ratios, {"tempnet": 5.25, "clip": 5.0})
+    assert "| tempnet | 100.0 | 100.0 | 1.0% | 10 | 5.25 GiB |" in table
+    assert "| open_clip | 100.0 | 100.0 | 1.0% | 10 | – |" in table
