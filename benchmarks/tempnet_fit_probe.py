@@ -80,7 +80,7 @@ def dissect(net: CLIPTempNet, embeddings: torch.Tensor, name: str) -> None:
 def competitor_scores(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """h_ij = s_ij - s_ii for the B - 1 competitors j != i of each anchor i: [B, B - 1]."""
     scores = anchors @ candidates.t()
-    off_diagonal = ~torch.eye(len(scores), dtype=torch.bool)
+    off_diagonal = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
     return (scores - scores.diag()[:, None])[off_diagonal].view(len(scores), -1)
 
 
@@ -91,7 +91,7 @@ def kl_to_uniform(h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 
 def best_taus(h: torch.Tensor, rho: float, tau_min: float, tau_max: float) -> torch.Tensor:
     """tau* per row with KL = rho (KL falls as tau grows), by bisection in log space, then clipped."""
-    low, high = torch.full((len(h),), 1e-4), torch.full((len(h),), 10.0)
+    low, high = h.new_full((len(h),), 1e-4), h.new_full((len(h),), 10.0)
     for _ in range(60):
         middle = (low * high).sqrt()
         too_flat = kl_to_uniform(h, middle) < rho

@@ -191,7 +191,8 @@ class TempNetConfig:
     num_prototypes: int = 256
     dropout: float = 0.5
     lr: float = 3e-5  # Adam, no weight decay (reference)
-    lr_decay_per_epoch: float = 0.9  # lr * decay ** epoch (reference)
+    lr_decay_per_epoch: float = 0.9  # lr * decay ** (epoch - start_epoch) (reference: start_epoch 0)
+    start_epoch: int = 0  # TempNet lr is 0 before this epoch: tau stays at TempNet's initial output
     init_prototypes: bool = True  # from the other modality's first global batch (needs batch >= prototypes)
 
 

@@ -128,7 +128,12 @@ def model_lr(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def tempnet_lr(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
-    return config.tempnet.lr * config.tempnet.lr_decay_per_epoch ** (step // steps_per_epoch)
+    """tempnet.lr * decay ** (epochs since tempnet.start_epoch); 0 before start_epoch (a warm-up in
+    which the encoder trains under TempNet's initial temperatures; docs/results.md)."""
+    epochs_trained = step // steps_per_epoch - config.tempnet.start_epoch
+    if epochs_trained < 0:
+        return 0.0
+    return config.tempnet.lr * config.tempnet.lr_decay_per_epoch ** epochs_trained
 
 
 def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:

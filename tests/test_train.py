@@ -190,3 +190,13 @@ def test_gradient_checkpointing_gives_the_same_step(shards, tmp_path):
     train(config_for(shards, plain, "run.epochs=1", "run.stop_after=2"))
     train(config_for(shards, checkpointed, "run.epochs=1", "run.stop_after=2", "model.grad_checkpointing=true"))
     assert step_losses(checkpointed) == pytest.approx(step_losses(plain), rel=1e-5)
+
+
+def test_tempnet_start_epoch_freezes_the_tempnet_then_decays_from_its_start(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    train(config_for(shards, run_dir, "run.epochs=3", "tempnet.lr=1e-2", "tempnet.lr_decay_per_epoch=0.5",
+                     "tempnet.start_epoch=1"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tempnet_lrs = {record["step"]: record["tempnet_lr"] for record in records if "tempnet_lr" in record}
+    assert tempnet_lrs == {**dict.fromkeys(range(1, 7), 0.0), **dict.fromkeys(range(7, 13), 1e-2),
+                           **dict.fromkeys(range(13, 19), 5e-3)}

@@ -1,0 +1,91 @@
+"""What would perfect per-sample temperatures buy? Train with each anchor's exact in-batch optimum.
+
+    python benchmarks/oracle_tau.py run.name=oracle-seed0 temperature.min=0.04
+    python benchmarks/oracle_tau.py --level 0.06 run.name=oracle-level-seed0
+
+A TempNet approximates the per-anchor minimisation over tau of the robust objective (method.md §1):
+tau*_i is where KL(softmax(h_i / tau) || uniform) = rho. This script removes the approximation: it
+trains the ``sogclr`` loss of ``benchmarks/configs/reproduce.yaml`` (same estimator, same data order
+and budget as the reproduction table) but gives every image and text anchor of every batch its exact
+tau*_i (with the config's ``loss.rho``), found by bisection on the batch's gaps and clipped to
+``temperature.min`` / ``temperature.max``. With ``--level L`` the
+batch's tau* are rescaled so that their geometric mean is L before clipping: the temperature *level*
+is then fixed (as in sogclr with tau = L) and only the redistribution across samples remains, which
+isolates what personalisation alone is worth. ``--shuffle`` is the control for that: each batch's
+temperatures are permuted across its anchors, so the spread stays and the DRO's assignment goes.
+
+If these oracle runs do not beat the one-temperature baselines, no TempNet can be expected to at this
+scale, whatever its optimiser: see docs/results.md. Extra arguments are dotted config overrides; the
+run goes to ``runs/oracle/<run.name>`` unless ``run.output_dir`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.tempnet_fit_probe import best_taus, competitor_scores  # noqa: E402
+from clipdro import train as trainer  # noqa: E402
+from clipdro.config import TrainConfig, load_config  # noqa: E402
+from clipdro.losses.contrastive import SogCLRLoss  # noqa: E402
+
+BASE_CONFIG = REPO_ROOT / "benchmarks" / "configs" / "reproduce.yaml"
+
+
+class OracleTauLoss(SogCLRLoss):
+    """SogCLR's estimator with each anchor's exact in-batch tau* instead of one fixed tau."""
+
+    def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, level: float | None,
+                 gamma: float = 0.8, shuffle_seed: int | None = None):
+        super().__init__(num_samples, tau=tau_max, gamma=gamma)
+        self.oracle_rho, self.tau_min, self.tau_max, self.level = rho, tau_min, tau_max, level
+        self.shuffle = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+        self._taus: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def anchor_taus(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        taus = best_taus(competitor_scores(anchors, candidates), self.oracle_rho, 1e-4, 10.0)
+        if self.level is not None:
+            taus = taus * (self.level / taus.log().mean().exp())
+        if self.shuffle is not None:  # the control: the same temperatures, given to random anchors
+            taus = taus[torch.randperm(len(taus), generator=self.shuffle).to(taus.device)]
+        return taus.clamp(self.tau_min, self.tau_max)
+
+    def forward(self, image_features, text_features, image_tau=None, text_tau=None, sample_ids=None):
+        images, texts = image_features.detach().float(), text_features.detach().float()
+        self._taus = self.anchor_taus(images, texts), self.anchor_taus(texts, images)
+        return super().forward(image_features, text_features, image_tau, text_tau, sample_ids)
+
+    def anchor_temperatures(self, sample_ids, image_tau, text_tau):
+        return self._taus
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--level", type=float, default=None, help="fix the batch's geometric-mean tau")
+    parser.add_argument("--shuffle", action="store_true",
+                        help="control: permute each batch's taus across its anchors (same values, random owners)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. run.seed=1 data.seed=1")
+    args = parser.parse_args(argv)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise SystemExit("oracle_tau.py runs in one process (its bisection sees the local batch only)")
+    overrides = ["loss.name=sogclr", f"run.output_dir={REPO_ROOT / 'runs' / 'oracle'}", *args.overrides]
+    config = load_config(TrainConfig, BASE_CONFIG, overrides)  # loss.rho and temperature.min/max: the oracle's
+
+    def build_loss(name: str, num_samples: int, **options) -> OracleTauLoss:
+        return OracleTauLoss(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
+                             args.level, gamma=options["gamma"], shuffle_seed=config.run.seed if args.shuffle else None)
+
+    trainer.build_contrastive_loss = build_loss
+    return trainer.main(["--config", str(BASE_CONFIG), *overrides])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

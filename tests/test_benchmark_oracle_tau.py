@@ -1,0 +1,52 @@
+"""benchmarks/oracle_tau.py: the exact per-anchor temperatures and the loss that uses them."""
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.oracle_tau import OracleTauLoss
+from benchmarks.tempnet_fit_probe import competitor_scores, kl_to_uniform
+
+
+def features(seed: int, rows: int = 32, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(rows, dim, generator=generator), dim=1)
+    texts = F.normalize(images + 0.5 * torch.randn(rows, dim, generator=generator), dim=1)
+    return images, texts
+
+
+def test_oracle_taus_put_every_anchor_at_kl_equal_rho():
+    images, texts = features(0)
+    loss = OracleTauLoss(num_samples=32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=None)
+    taus = loss.anchor_taus(images, texts)
+    kl = kl_to_uniform(competitor_scores(images, texts), taus)
+    assert torch.allclose(kl, torch.ones(32), atol=1e-3)
+    assert taus.max() / taus.min() > 1.5  # anchors differ: the point of the oracle
+
+
+def test_level_fixes_the_geometric_mean_and_keeps_the_ratios():
+    images, texts = features(1)
+    free = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=None).anchor_taus(images, texts)
+    levelled = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=0.06).anchor_taus(images, texts)
+    assert abs(levelled.log().mean().exp().item() - 0.06) < 1e-6
+    assert torch.allclose(levelled / free, torch.full((32,), levelled[0].item() / free[0].item()), rtol=1e-5)
+    clipped = OracleTauLoss(32, rho=1.0, tau_min=0.05, tau_max=0.07, level=0.06).anchor_taus(images, texts)
+    assert clipped.min() >= 0.05 and clipped.max() <= 0.07
+
+
+def test_the_loss_trains_the_encoders_with_the_oracle_taus():
+    images, texts = features(2)
+    images.requires_grad_(True)
+    loss = OracleTauLoss(32, rho=1.0, tau_min=0.01, tau_max=0.1, level=None)
+    output = loss(images, texts, sample_ids=torch.arange(32))
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and images.grad.abs().sum() > 0
+    assert torch.equal(output.image_tau, loss.anchor_taus(images.detach(), texts))
+    assert int(loss.image_table.seen.sum()) == 32
+
+
+def test_shuffle_keeps_the_batch_temperatures_and_changes_their_owners():
+    images, texts = features(3)
+    exact = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=None).anchor_taus(images, texts)
+    shuffled = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=None,
+                             shuffle_seed=0).anchor_taus(images, texts)
+    assert torch.equal(shuffled.sort().values, exact.sort().values) and not torch.equal(shuffled, exact)
