@@ -49,6 +49,9 @@ def test_markdown_table_and_plot(tmp_path):
     assert "| IR@1 | +3.0 | +1.0 | +2.0 |" in table  # tempnet - clip per seed, then the mean
     assert "| tempnet-seed0 | 0.0500 (mean) | 0.0300 – 0.0600 (2.00) |" in table
     assert "| clip-seed0 | 0.0640 (global) |" in table
+    oracle = markdown([*RUNS, fake_run("oracle", 0, 0.09)], summary | summarise([fake_run("oracle", 0, 0.09)],
+                                                                                 ["oracle"]), ["clip", "oracle"])
+    assert "| oracle-seed0 | 0.0640 (last batch's mean) |" in oracle and "| IR@1 | -1.0 | -1.0 |" in oracle
     plot(RUNS, summary, ["clip", "tempnet"], tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 1000
 
@@ -64,3 +67,14 @@ def test_a_run_is_reused_only_with_the_same_config_and_a_final_evaluation(tmp_pa
     assert finished_with(run_dir, expected)
     other = to_dict(load_config(TrainConfig, BASE_CONFIG, [*overrides, "loss.rho=2.0"]))
     assert not finished_with(run_dir, other)
+
+
+def test_a_run_saved_before_an_option_existed_is_reused_when_the_option_has_its_default(tmp_path):
+    overrides = run_overrides("clip", 0, tmp_path, ["run.epochs=1"])
+    expected = to_dict(load_config(TrainConfig, BASE_CONFIG, overrides))
+    run_dir = tmp_path / "clip-seed0"
+    run_dir.mkdir()
+    older = {**expected, "tempnet": {key: value for key, value in expected["tempnet"].items() if key != "start_epoch"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
+    (run_dir / "metrics.jsonl").write_text('{"step": 22, "eval": {}}\n')
+    assert finished_with(run_dir, expected)
