@@ -18,8 +18,8 @@ cannot personalise in joint training within the same number of steps either.
 
 First it dissects the run's own image and text TempNets on the training embeddings (eval mode):
 how much the transformed input x = sigmoid(Linear(e)) varies across samples, how many distinct
-prototypes win the pooling softmax, and the spread of the resulting taus. ``--lrs`` without values
-prints only that.
+prototypes win the pooling softmax, and the spread of the resulting taus. Then it describes the
+targets: which anchors the DRO rule warms and which it cools. ``--lrs`` without values stops there.
 """
 
 from __future__ import annotations
@@ -99,6 +99,19 @@ def best_taus(h: torch.Tensor, rho: float, tau_min: float, tau_max: float) -> to
     return middle.clamp(tau_min, tau_max)
 
 
+def describe_targets(targets: torch.Tensor, gaps: torch.Tensor) -> None:
+    """Which image anchors the DRO rule warms and which it cools: thirds of tau*, with how often the
+    anchor's own caption beats all B - 1 competitors in its batch and how far the hardest one is."""
+    print("| third of tau* | mean tau* | positive ranked first in its batch | mean hardest gap max_j h_ij |")
+    print("|---|---:|---:|---:|")
+    low, high = targets.quantile(torch.tensor([1 / 3, 2 / 3]))
+    hardest = gaps.max(dim=1).values
+    for name, rows in (("coldest", targets <= low), ("middle", (targets > low) & (targets <= high)),
+                       ("warmest", targets > high)):
+        print(f"| {name} | {targets[rows].mean():.4f} | {(hardest[rows] < 0).float().mean():.2f} | "
+              f"{hardest[rows].mean():+.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a trained run folder: its model gives the frozen embeddings")
@@ -122,16 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         dissect(run.model.image_tempnet, image_embeddings, "image")
         dissect(run.model.text_tempnet, text_embeddings, "text")
-    if not args.lrs:
-        return 0
     generator = torch.Generator().manual_seed(1)
     held_out = torch.cat([torch.randperm(count, generator=generator)[:BATCH] for _ in range(8)])
-    targets = torch.cat([best_taus(competitor_scores(image_embeddings[rows], text_embeddings[rows]), args.rho,
-                                   tau_min, tau_max) for rows in held_out.view(8, BATCH)])
+    gaps = [competitor_scores(image_embeddings[rows], text_embeddings[rows]) for rows in held_out.view(8, BATCH)]
+    targets = torch.cat([best_taus(h, args.rho, tau_min, tau_max) for h in gaps])
     constant_error = (targets.log() - targets.log().median()).abs().mean()
     print(f"rho {args.rho}, tau range [{tau_min}, {tau_max}], {count} samples, dim {dim}")
     print(f"tau*: p10 {targets.quantile(0.1):.4f} median {targets.median():.4f} p90 {targets.quantile(0.9):.4f}; "
           f"best single tau: mean |log tau - log tau*| {constant_error:.3f}")
+    describe_targets(targets, torch.cat(gaps))
+    if not args.lrs:
+        return 0
     print("| TempNet lr | dropout | Adam steps | tau mean | tau p90/p10 | Spearman(tau, tau*) | mean abs log error |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for lr, dropout, steps in itertools.product(args.lrs, args.dropouts, args.steps):
