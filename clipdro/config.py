@@ -195,6 +195,10 @@ class TempNetConfig:
     start_epoch: int = 0  # TempNet lr is 0 before this epoch: tau stays at TempNet's initial output
     init_prototypes: bool = True  # from the other modality's first global batch (needs batch >= prototypes)
 
+    def validate(self) -> None:
+        if self.start_epoch < 0:
+            raise UsageError(f"tempnet.start_epoch must be >= 0, got {self.start_epoch}")
+
 
 @dataclasses.dataclass
 class LossConfig:

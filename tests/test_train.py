@@ -128,6 +128,7 @@ def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monke
     (["optim.lr=fast"], "optim.lr: expected float"),
     (["loss.rho=3.0"], "rho=3.0 must lie in"),
     (["model.name=no-such-model"], "does not know the model 'no-such-model'"),
+    (["tempnet.start_epoch=-1"], "tempnet.start_epoch must be >= 0"),
 ])
 def test_bad_input_exits_with_status_2_and_one_line(shards, tmp_path, capsys, extra, message):
     status = cli.main(["train", *overrides(shards, tmp_path / "run"), *extra])
