@@ -188,8 +188,12 @@ def markdown(runs: list[dict], summary: dict, methods: list[str]) -> str:
     lines = ["| method | " + " | ".join(title for title, _ in METRICS) + " |",
              "|---|" + "---:|" * len(METRICS)]
     for method in methods:
-        cells = [f"{percent(mean)} ± {percent(std)}" for mean, std in (summary[method][t] for t, _ in METRICS)]
-        lines.append(f"| {method} ({summary[method]['seeds']} seeds) | " + " | ".join(cells) + " |")
+        count = summary[method]["seeds"]
+        # one seed has no spread: print the value alone rather than a misleading "± 0.0"
+        cells = [f"{percent(mean)} ± {percent(std)}" if count > 1 else percent(mean)
+                 for mean, std in (summary[method][t] for t, _ in METRICS)]
+        label = f"{count} seeds" if count > 1 else "1 seed"
+        lines.append(f"| {method} ({label}) | " + " | ".join(cells) + " |")
     for method in methods:
         if method == "clip" or "clip" not in methods:
             continue

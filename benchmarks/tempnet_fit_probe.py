@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from clipdro.data.pipeline import DataSource, read_samples  # noqa: E402
 from clipdro.eval.temperature_report import spearman  # noqa: E402
+from clipdro.losses import kl_to_uniform  # noqa: E402
 from clipdro.models import load_trained_run  # noqa: E402
 from clipdro.tempnet import CLIPTempNet  # noqa: E402
 
@@ -84,17 +85,12 @@ def competitor_scores(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.
     return (scores - scores.diag()[:, None])[off_diagonal].view(len(scores), -1)
 
 
-def kl_to_uniform(h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(h / tau[:, None], dim=1)
-    return (p * (p * h.shape[1]).clamp_min(1e-30).log()).sum(1)
-
-
 def best_taus(h: torch.Tensor, rho: float, tau_min: float, tau_max: float) -> torch.Tensor:
     """tau* per row with KL = rho (KL falls as tau grows), by bisection in log space, then clipped."""
     low, high = h.new_full((len(h),), 1e-4), h.new_full((len(h),), 10.0)
     for _ in range(60):
         middle = (low * high).sqrt()
-        too_flat = kl_to_uniform(h, middle) < rho
+        too_flat = kl_to_uniform(h / middle[:, None]) < rho
         high, low = torch.where(too_flat, middle, high), torch.where(too_flat, low, middle)
     return middle.clamp(tau_min, tau_max)
 
@@ -158,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = torch.randperm(count, generator=batches)[:BATCH]
             tau = net(image_embeddings[rows])
             with torch.no_grad():
-                coefficient = args.rho - kl_to_uniform(competitor_scores(image_embeddings[rows],
-                                                                         text_embeddings[rows]), tau)
+                gaps = competitor_scores(image_embeddings[rows], text_embeddings[rows])
+                coefficient = args.rho - kl_to_uniform(gaps / tau[:, None])
             (coefficient * tau).mean().backward()  # the TempNet gradient of method.md §2 step 6
             optimizer.step()
             optimizer.zero_grad()

@@ -52,6 +52,7 @@ def test_markdown_table_and_plot(tmp_path):
     oracle = markdown([*RUNS, fake_run("oracle", 0, 0.09)], summary | summarise([fake_run("oracle", 0, 0.09)],
                                                                                  ["oracle"]), ["clip", "oracle"])
     assert "| oracle-seed0 | 0.0640 (last batch's mean) |" in oracle and "| IR@1 | -1.0 | -1.0 |" in oracle
+    assert "| oracle (1 seed) | 9.0 |" in oracle  # a single seed: no "± 0.0"
     plot(RUNS, summary, ["clip", "tempnet"], tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 1000
 

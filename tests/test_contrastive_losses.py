@@ -14,6 +14,7 @@ from clipdro.losses import (
     SogCLRLoss,
     build_contrastive_loss,
     check_rho,
+    kl_to_uniform,
 )
 
 DTYPE = torch.float64
@@ -227,6 +228,28 @@ def test_clip_loss_is_symmetric_infonce():
     labels = torch.arange(6)
     expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     torch.testing.assert_close(output.loss, expected)
+
+
+def test_kl_to_uniform_limits():
+    gaps = torch.tensor([[0.0, -1.0, -1.0, -1.0]], dtype=DTYPE)
+    assert kl_to_uniform(gaps / 1e3).item() < 1e-6  # hot: uniform
+    assert abs(kl_to_uniform(gaps / 1e-3).item() - math.log(4)) < 1e-9  # cold: one-hot
+
+
+def test_clip_loss_reports_the_competitor_kl_the_dro_losses_hold_at_rho():
+    image, text = make_batch(6, seed=7)[:2]
+    tau = torch.tensor(0.07, dtype=DTYPE)
+    clip_metrics = CLIPLoss()(image, text, tau, sample_ids=torch.arange(6)).metrics
+    logits = (image @ text.t()).detach() / 0.07
+    competitors = ~torch.eye(6, dtype=torch.bool)
+    for side, side_logits in (("image", logits), ("text", logits.t())):
+        p = side_logits[competitors].view(6, 5).softmax(dim=1)
+        torch.testing.assert_close(clip_metrics[f"{side}_kl"], (p * (5 * p).log()).sum(dim=1).mean())
+    # the DRO loss at the same temperature (fresh tables: exact) reports the same KL
+    dro = DROContrastiveLoss(num_samples=6, rho=1.0, table_dtype=DTYPE)
+    dro_metrics = dro(image, text, tau.expand(6), tau.expand(6), sample_ids=torch.arange(6)).metrics
+    for key in ("image_kl", "text_kl"):
+        torch.testing.assert_close(clip_metrics[key], dro_metrics[key])
 
 
 def test_build_by_name_and_errors():

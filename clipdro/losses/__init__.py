@@ -10,7 +10,7 @@ from clipdro.losses.contrastive import (
     SogCLRLoss,
     build_contrastive_loss,
 )
-from clipdro.losses.dro import check_rho, moving_average_estimate
+from clipdro.losses.dro import check_rho, kl_to_uniform, moving_average_estimate
 from clipdro.losses.lm import dro_token_loss
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "build_contrastive_loss",
     "check_rho",
     "dro_token_loss",
+    "kl_to_uniform",
     "moving_average_estimate",
 ]

@@ -29,7 +29,7 @@ from clipdro.distributed import (
     is_distributed,
 )
 from clipdro.errors import UsageError
-from clipdro.losses.dro import check_rho, moving_average_estimate
+from clipdro.losses.dro import check_rho, kl_to_uniform, moving_average_estimate
 from clipdro.state import SampleTable
 
 
@@ -241,6 +241,9 @@ class CLIPLoss(ContrastiveLoss):
 
     ``image_tau`` = ``text_tau`` = 1 / logit_scale.exp() (a scalar with autograd);
     the loss is (CE(image rows) + CE(text rows)) / 2 over local rows and global columns.
+    It also reports ``image_kl`` / ``text_kl``: the mean KL to uniform of each anchor's softmax
+    over its competitors at the learned tau, the quantity the DRO losses hold at rho, so a clip
+    run tells which rho asks for the temperature level CLIP itself learns.
     """
 
     name = "clip"
@@ -256,12 +259,18 @@ class CLIPLoss(ContrastiveLoss):
         text_logits = text_features.to(dtype) @ batch.images.to(dtype).t() / text_tau.to(dtype)
         image_loss = F.cross_entropy(image_logits, batch.positive_columns)
         text_loss = F.cross_entropy(text_logits, batch.positive_columns)
+        competitors = torch.ones_like(image_logits, dtype=torch.bool)
+        competitors[torch.arange(len(image_logits), device=image_logits.device), batch.positive_columns] = False
+        metrics = {"image_objective": image_loss.detach(), "text_objective": text_loss.detach()}
+        for side, logits in (("image", image_logits), ("text", text_logits)):
+            competitor_logits = logits.detach()[competitors].view(len(logits), -1)
+            metrics[f"{side}_kl"] = kl_to_uniform(competitor_logits).mean()
         tau_shape = image_features.shape[:1]
         return ContrastiveLossOutput(
             loss=(image_loss + text_loss) / 2,
             image_tau=image_tau.detach().reshape(()).expand(tau_shape),
             text_tau=text_tau.detach().reshape(()).expand(tau_shape),
-            metrics={"image_objective": image_loss.detach(), "text_objective": text_loss.detach()},
+            metrics=metrics,
         )
 
 

@@ -37,6 +37,16 @@ def check_rho(rho: float, num_competitors: int, what: str = "contrastive loss") 
         )
 
 
+def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """Per row, KL(softmax(logits) || uniform) over the row's m entries, in [0, log m].
+
+    For tempered competitor gaps l_j / tau this is the KL the robust objective bounds by rho, so
+    it tells where a temperature sits relative to a candidate rho (docs/results.md).
+    """
+    log_p = torch.log_softmax(logits, dim=-1)
+    return (log_p.exp() * (log_p + math.log(logits.shape[-1]))).sum(dim=-1)
+
+
 @dataclass
 class RobustEstimate:
     """One step of the moving-average estimator for a block of anchors (all detached)."""
