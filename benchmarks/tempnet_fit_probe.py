@@ -19,14 +19,18 @@ cannot personalise in joint training within the same number of steps either.
 First it dissects the run's own image and text TempNets on the training embeddings (eval mode):
 how much the transformed input x = sigmoid(Linear(e)) varies across samples, how many distinct
 prototypes win the pooling softmax, and the spread of the resulting taus. Then it describes the
-targets: which anchors the DRO rule warms and which it cools. ``--lrs`` without values stops there.
+targets: which anchors the DRO rule warms and which it cools, and how the caption of each anchor's
+hardest competitor relates to its own (a near-repeat, a sibling, or unrelated), with examples.
+``--lrs`` without values stops there.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import itertools
+import re
 import sys
 from pathlib import Path
 
@@ -95,17 +99,39 @@ def best_taus(h: torch.Tensor, rho: float, tau_min: float, tau_max: float) -> to
     return middle.clamp(tau_min, tau_max)
 
 
-def describe_targets(targets: torch.Tensor, gaps: torch.Tensor) -> None:
+def caption_overlap(first: str, second: str) -> float:
+    """Jaccard overlap of two captions' lower-cased word sets: 1 for the same words, 0 for none shared."""
+    first_words, second_words = (set(re.findall(r"[a-z0-9]+", text.lower())) for text in (first, second))
+    union = first_words | second_words
+    return len(first_words & second_words) / len(union) if union else 1.0
+
+
+def hardest_competitor_overlaps(scores: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """For each anchor (row of the batch's [B, B] scores), the caption overlap between its own
+    caption and that of its highest-scoring competitor: near 1 when the hardest negative is a
+    near-duplicate caption (a false negative), near the batch's typical overlap when it is not."""
+    scores = scores.clone().fill_diagonal_(float("-inf"))
+    hardest = scores.argmax(dim=1).tolist()
+    return torch.tensor([caption_overlap(captions[i], captions[j]) for i, j in enumerate(hardest)])
+
+
+def describe_targets(targets: torch.Tensor, gaps: torch.Tensor, overlaps: torch.Tensor,
+                     repeated: torch.Tensor) -> None:
     """Which image anchors the DRO rule warms and which it cools: thirds of tau*, with how often the
-    anchor's own caption beats all B - 1 competitors in its batch and how far the hardest one is."""
-    print("| third of tau* | mean tau* | positive ranked first in its batch | mean hardest gap max_j h_ij |")
-    print("|---|---:|---:|---:|")
+    anchor's own caption beats all B - 1 competitors in its batch, how far the hardest one is,
+    whether that hardest competitor's caption nearly repeats the anchor's own, and how often the
+    anchor's caption occurs more than once in the training set (where exact false negatives live)."""
+    print("| third of tau* | mean tau* | positive ranked first in its batch | mean hardest gap max_j h_ij "
+          "| hardest competitor's caption: mean word overlap | share with overlap >= 0.5 "
+          "| anchor's caption repeated in the training set |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     low, high = targets.quantile(torch.tensor([1 / 3, 2 / 3]))
     hardest = gaps.max(dim=1).values
     for name, rows in (("coldest", targets <= low), ("middle", (targets > low) & (targets <= high)),
                        ("warmest", targets > high)):
         print(f"| {name} | {targets[rows].mean():.4f} | {(hardest[rows] < 0).float().mean():.2f} | "
-              f"{hardest[rows].mean():+.3f} |")
+              f"{hardest[rows].mean():+.3f} | {overlaps[rows].mean():.3f} | "
+              f"{(overlaps[rows] >= 0.5).float().mean():.2f} | {repeated[rows].float().mean():.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,11 +161,30 @@ def main(argv: list[str] | None = None) -> int:
     held_out = torch.cat([torch.randperm(count, generator=generator)[:BATCH] for _ in range(8)])
     gaps = [competitor_scores(image_embeddings[rows], text_embeddings[rows]) for rows in held_out.view(8, BATCH)]
     targets = torch.cat([best_taus(h, args.rho, tau_min, tau_max) for h in gaps])
+    captions = [sample.caption for sample in read_samples([DataSource(shards=args.shards)])]
+    caption_counts = collections.Counter(captions)
+    repeated = torch.tensor([caption_counts[captions[i]] > 1 for i in held_out.tolist()])
+    held_out_batches = held_out.view(8, BATCH).tolist()
+    batch_scores = [image_embeddings[rows] @ text_embeddings[rows].t() for rows in held_out_batches]
+    overlaps = torch.cat([hardest_competitor_overlaps(scores, [captions[i] for i in rows])
+                          for scores, rows in zip(batch_scores, held_out_batches, strict=True)])
+    random_pairs = torch.randint(count, (len(held_out), 2), generator=generator).tolist()
+    typical_overlap = sum(caption_overlap(captions[i], captions[j]) for i, j in random_pairs) / len(random_pairs)
     constant_error = (targets.log() - targets.log().median()).abs().mean()
     print(f"rho {args.rho}, tau range [{tau_min}, {tau_max}], {count} samples, dim {dim}")
     print(f"tau*: p10 {targets.quantile(0.1):.4f} median {targets.median():.4f} p90 {targets.quantile(0.9):.4f}; "
           f"best single tau: mean |log tau - log tau*| {constant_error:.3f}")
-    describe_targets(targets, torch.cat(gaps))
+    describe_targets(targets, torch.cat(gaps), overlaps, repeated)
+    print(f"(two random training captions: mean word overlap {typical_overlap:.3f})")
+    print("The warmest and coldest anchors of the first batch, with their hardest competitor:")
+    print("| tau* | anchor's caption | hardest competitor's caption |")
+    print("|---:|---|---|")
+    first_scores, first_rows = batch_scores[0], held_out_batches[0]
+    hardest = first_scores.clone().fill_diagonal_(float("-inf")).argmax(dim=1).tolist()
+    by_tau = targets[:BATCH].argsort(descending=True).tolist()
+    for anchor in by_tau[:8] + by_tau[-4:]:
+        print(f"| {targets[anchor]:.3f} | {captions[first_rows[anchor]][:60]} | "
+              f"{captions[first_rows[hardest[anchor]]][:60]} |")
     if not args.lrs:
         return 0
     print("| TempNet lr | dropout | Adam steps | tau mean | tau p90/p10 | Spearman(tau, tau*) | mean abs log error |")
