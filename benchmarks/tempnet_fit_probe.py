@@ -119,19 +119,21 @@ def describe_targets(targets: torch.Tensor, gaps: torch.Tensor, overlaps: torch.
                      repeated: torch.Tensor) -> None:
     """Which image anchors the DRO rule warms and which it cools: thirds of tau*, with how often the
     anchor's own caption beats all B - 1 competitors in its batch, how far the hardest one is,
-    whether that hardest competitor's caption nearly repeats the anchor's own, and how often the
-    anchor's caption occurs more than once in the training set (where exact false negatives live)."""
+    whether that hardest competitor's caption nearly or exactly repeats the anchor's own (the same
+    words: a false negative), and how often the anchor's caption occurs more than once in the
+    training set."""
     print("| third of tau* | mean tau* | positive ranked first in its batch | mean hardest gap max_j h_ij "
-          "| hardest competitor's caption: mean word overlap | share with overlap >= 0.5 "
+          "| hardest competitor's caption: mean word overlap | share with overlap >= 0.5 | share with the same words "
           "| anchor's caption repeated in the training set |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     low, high = targets.quantile(torch.tensor([1 / 3, 2 / 3]))
     hardest = gaps.max(dim=1).values
     for name, rows in (("coldest", targets <= low), ("middle", (targets > low) & (targets <= high)),
                        ("warmest", targets > high)):
         print(f"| {name} | {targets[rows].mean():.4f} | {(hardest[rows] < 0).float().mean():.2f} | "
               f"{hardest[rows].mean():+.3f} | {overlaps[rows].mean():.3f} | "
-              f"{(overlaps[rows] >= 0.5).float().mean():.2f} | {repeated[rows].float().mean():.2f} |")
+              f"{(overlaps[rows] >= 0.5).float().mean():.2f} | {(overlaps[rows] == 1.0).float().mean():.2f} | "
+              f"{repeated[rows].float().mean():.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,6 @@ def test_describe_targets_splits_anchors_into_thirds_of_tau(capsys):
     repeated = torch.tensor([False, False, True, False, True, True])
     describe_targets(targets, gaps, overlaps, repeated)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| coldest | 0.0150 | 1.00 | -0.150 | 0.100 | 0.00 | 0.00 |"
-    assert lines[3] == "| middle | 0.0350 | 0.50 | +0.000 | 0.300 | 0.50 | 0.50 |"
-    assert lines[4] == "| warmest | 0.0550 | 0.00 | +0.250 | 0.800 | 1.00 | 1.00 |"
+    assert lines[2] == "| coldest | 0.0150 | 1.00 | -0.150 | 0.100 | 0.00 | 0.00 | 0.00 |"
+    assert lines[3] == "| middle | 0.0350 | 0.50 | +0.000 | 0.300 | 0.50 | 0.00 | 0.50 |"
+    assert lines[4] == "| warmest | 0.0550 | 0.00 | +0.250 | 0.800 | 1.00 | 0.50 | 1.00 |"
