@@ -57,11 +57,10 @@ METHODS: dict[str, list[str]] = {
     # TempNet frozen (at its initial tau, about 0.06) for the first half: docs/results.md, "the cold dive"
     "tempnet": ["loss.name=tempnet", "tempnet.start_epoch=6"],
     # Not in the paper, not run by default: every anchor gets its exact in-batch tau* (KL = rho), rescaled to
-    # sogclr's level 0.06 (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here
+    # sogclr's level temperature.init (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here
     "oracle": ["loss.name=sogclr"],
 }
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
-ENTRY_POINTS = {"oracle": [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", "0.06"]}
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
 # (column title, metrics.jsonl key) in table order; IR = text->image, TR = image->text (method.md §5)
@@ -121,7 +120,10 @@ def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float
         print(f"[{method} seed {seed}] reusing the finished run in {run_dir}", flush=True)
         return run_dir, None
     shutil.rmtree(run_dir, ignore_errors=True)
-    entry_point = ENTRY_POINTS.get(method, ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)])
+    if method == "oracle":  # its own trainer entry point, at sogclr's level so that only the spread differs
+        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(expected["temperature"]["init"])]
+    else:
+        entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
     command = [sys.executable, *entry_point, *overrides]
     print(f"[{method} seed {seed}] {' '.join(command)}", flush=True)
     started = time.perf_counter()
