@@ -111,6 +111,15 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
     return record is not None and record["step"] == steps
 
 
+def train_command(method: str, overrides: list[str], resolved: dict) -> list[str]:
+    """The command line of one run; ``resolved`` is its resolved config (``to_dict``)."""
+    if method == "oracle":  # its own entry point, at sogclr's level (temperature.init): only the spread differs
+        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(resolved["temperature"]["init"])]
+    else:
+        entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
+    return [sys.executable, *entry_point, *overrides]
+
+
 def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float | None]:
     """Train (or reuse) one run; returns its folder and the training wall time (None when reused)."""
     overrides = run_overrides(method, seed, args.output_dir, args.overrides)
@@ -120,11 +129,7 @@ def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float
         print(f"[{method} seed {seed}] reusing the finished run in {run_dir}", flush=True)
         return run_dir, None
     shutil.rmtree(run_dir, ignore_errors=True)
-    if method == "oracle":  # its own trainer entry point, at sogclr's level so that only the spread differs
-        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(expected["temperature"]["init"])]
-    else:
-        entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
-    command = [sys.executable, *entry_point, *overrides]
+    command = train_command(method, overrides, expected)
     print(f"[{method} seed {seed}] {' '.join(command)}", flush=True)
     started = time.perf_counter()
     with open(args.output_dir / f"{method}-seed{seed}.console.txt", "w") as console:

@@ -11,6 +11,7 @@ from benchmarks.reproduce_table import (
     plot,
     run_overrides,
     summarise,
+    train_command,
 )
 from clipdro.config import TrainConfig, load_config, to_dict
 
@@ -79,3 +80,12 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_the_option_has_its_
     (run_dir / "config.yaml").write_text(yaml.safe_dump(older))
     (run_dir / "metrics.jsonl").write_text('{"step": 22, "eval": {}}\n')
     assert finished_with(run_dir, expected)
+
+
+def test_oracle_runs_at_the_resolved_sogclr_level():
+    overrides = run_overrides("oracle", 1, BASE_CONFIG.parent, ["temperature.init=0.0546"])
+    command = train_command("oracle", overrides, to_dict(load_config(TrainConfig, BASE_CONFIG, overrides)))
+    assert command[1].endswith("oracle_tau.py") and command[2:4] == ["--level", "0.0546"]
+    assert command[-1] == "temperature.init=0.0546"
+    clip = run_overrides("clip", 1, BASE_CONFIG.parent, [])
+    assert train_command("clip", clip, {})[1:5] == ["-m", "clipdro.cli", "train", "--config"]
