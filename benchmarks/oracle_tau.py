@@ -2,6 +2,7 @@
 
     python benchmarks/oracle_tau.py run.name=oracle-seed0 temperature.min=0.04
     python benchmarks/oracle_tau.py --level 0.06 run.name=oracle-level-seed0
+    python benchmarks/oracle_tau.py --level 0.06 --strength 0.5 run.name=oracle-half-seed0
 
 A TempNet approximates the per-anchor minimisation over tau of the robust objective (method.md §1):
 tau*_i is where KL(softmax(h_i / tau) || uniform) = rho. This script removes the approximation: it
@@ -13,6 +14,9 @@ batch's tau* are rescaled so that their geometric mean is L before clipping: the
 is then fixed (as in sogclr with tau = L) and only the redistribution across samples remains, which
 isolates what personalisation alone is worth. ``--shuffle`` is the control for that: each batch's
 temperatures are permuted across its anchors, so the spread stays and the DRO's assignment goes.
+``--strength s`` raises each anchor's ratio to the batch's geometric mean to the power s: 1 is the exact
+rule, 0 one temperature for all (sogclr at the level), 0.5 half the spread on a log scale (what a TempNet
+that learns a smoothed tau* gives), and a negative s inverts the rule (cools the anchors it warms).
 
 If these oracle runs do not beat the one-temperature baselines, no TempNet can be expected to at this
 scale, whatever its optimiser: see docs/results.md. Extra arguments are dotted config overrides; the
@@ -43,17 +47,21 @@ class OracleTauLoss(SogCLRLoss):
     """SogCLR's estimator with each anchor's exact in-batch tau* instead of one fixed tau."""
 
     def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, level: float | None,
-                 gamma: float = 0.8, shuffle_seed: int | None = None):
+                 gamma: float = 0.8, shuffle_seed: int | None = None, strength: float = 1.0):
         super().__init__(num_samples, tau=tau_max, gamma=gamma)
         self.oracle_rho, self.tau_min, self.tau_max, self.level = rho, tau_min, tau_max, level
+        self.strength = strength
         self.shuffle = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
         self._taus: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
     def anchor_taus(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         taus = best_taus(competitor_scores(anchors, candidates), self.oracle_rho, 1e-4, 10.0)
+        geometric_mean = taus.log().mean().exp()
+        if self.strength != 1.0:  # same geometric mean, each ratio to it raised to the strength
+            taus = geometric_mean * (taus / geometric_mean) ** self.strength
         if self.level is not None:
-            taus = taus * (self.level / taus.log().mean().exp())
+            taus = taus * (self.level / geometric_mean)
         if self.shuffle is not None:  # the control: the same temperatures, given to random anchors
             taus = taus[torch.randperm(len(taus), generator=self.shuffle).to(taus.device)]
         return taus.clamp(self.tau_min, self.tau_max)
@@ -72,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level", type=float, default=None, help="fix the batch's geometric-mean tau")
     parser.add_argument("--shuffle", action="store_true",
                         help="control: permute each batch's taus across its anchors (same values, random owners)")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="exponent on each tau's ratio to the batch's geometric mean: 1 exact, 0 none, <0 inverted")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. run.seed=1 data.seed=1")
     args = parser.parse_args(argv)
     if os.environ.get("WORLD_SIZE", "1") != "1":
@@ -81,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def build_loss(name: str, num_samples: int, **options) -> OracleTauLoss:
         return OracleTauLoss(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
-                             args.level, gamma=options["gamma"], shuffle_seed=config.run.seed if args.shuffle else None)
+                             args.level, gamma=options["gamma"], shuffle_seed=config.run.seed if args.shuffle else None,
+                             strength=args.strength)
 
     trainer.build_contrastive_loss = build_loss
     return trainer.main(["--config", str(BASE_CONFIG), *overrides])

@@ -3,6 +3,7 @@
     python benchmarks/reproduce_table.py                       # 4 methods x 3 seeds, about 1 hour on 2 CPU cores
     python benchmarks/reproduce_table.py --methods clip sogclr isogclr tempnet oracle   # + the oracle
     python benchmarks/reproduce_table.py --seeds 0 --methods clip tempnet run.epochs=2   # a quick look
+    python benchmarks/reproduce_table.py --methods sogclr oracle oracle-half oracle-inverted --baseline sogclr
 
 Every run trains ``clipdro-tiny-vit`` on the embedded openclipart training split with
 ``benchmarks/configs/reproduce.yaml`` plus the method's overrides (``METHODS`` below), so the
@@ -20,8 +21,8 @@ Extra ``key=value`` arguments override the config of every run (e.g. ``run.epoch
 
 Outputs in ``--output-dir`` (default ``runs/reproduce``): one folder per run, ``results.json``
 (settings, hardware, every run, summaries), ``results.md`` (the mean ± std table, per-seed
-TempNet - CLIP differences, temperature spreads) and ``--figure`` (default
-``OUTPUT_DIR/reproduce_table.png``).
+differences of each method from ``--baseline`` (default clip), temperature spreads) and ``--figure``
+(default ``OUTPUT_DIR/reproduce_table.png``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ METHODS: dict[str, list[str]] = {
     # Not in the paper, not run by default: every anchor gets its exact in-batch tau* (KL = rho), rescaled to
     # sogclr's level temperature.init (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here
     "oracle": ["loss.name=sogclr"],
+    # The same with each tau's ratio to the batch's geometric mean raised to a power (ORACLE_STRENGTHS)
+    "oracle-half": ["loss.name=sogclr"],
+    "oracle-double": ["loss.name=sogclr"],
+    "oracle-inverted": ["loss.name=sogclr"],
 }
+# oracle_tau.py --strength: 1 the exact rule, 0.5 half its spread on a log scale (a smoothed tau*, what an
+# imperfect TempNet learns), 2 double, -1 the rule inverted (the anchors it warms are cooled, and vice versa)
+ORACLE_STRENGTHS = {"oracle": 1.0, "oracle-half": 0.5, "oracle-double": 2.0, "oracle-inverted": -1.0}
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
@@ -79,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "runs" / "reproduce")
     parser.add_argument("--figure", type=Path, help="the plot (default OUTPUT_DIR/reproduce_table.png)")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    parser.add_argument("--baseline", default="clip", choices=list(METHODS),
+                        help="the method every other one is compared with seed by seed in results.md")
     return parser.parse_args(argv)
 
 
@@ -113,8 +123,9 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
 
 def train_command(method: str, overrides: list[str], resolved: dict) -> list[str]:
     """The command line of one run; ``resolved`` is its resolved config (``to_dict``)."""
-    if method == "oracle":  # its own entry point, at sogclr's level (temperature.init): only the spread differs
-        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(resolved["temperature"]["init"])]
+    if method in ORACLE_STRENGTHS:  # its own entry point, at sogclr's level (temperature.init): only the spread differs
+        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(resolved["temperature"]["init"]),
+                       "--strength", str(ORACLE_STRENGTHS[method])]
     else:
         entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
     return [sys.executable, *entry_point, *overrides]
@@ -191,7 +202,7 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def markdown(runs: list[dict], summary: dict, methods: list[str]) -> str:
+def markdown(runs: list[dict], summary: dict, methods: list[str], baseline: str = "clip") -> str:
     lines = ["| method | " + " | ".join(title for title, _ in METRICS) + " |",
              "|---|" + "---:|" * len(METRICS)]
     for method in methods:
@@ -202,10 +213,10 @@ def markdown(runs: list[dict], summary: dict, methods: list[str]) -> str:
         label = f"{count} seeds" if count > 1 else "1 seed"
         lines.append(f"| {method} ({label}) | " + " | ".join(cells) + " |")
     for method in methods:
-        if method == "clip" or "clip" not in methods:
+        if method == baseline or baseline not in methods:
             continue
-        differences = paired_differences(runs, method, "clip")
-        lines += ["", f"{method} − clip per seed (percentage points, same data order and initialisation):", "",
+        differences = paired_differences(runs, method, baseline)
+        lines += ["", f"{method} − {baseline} per seed (percentage points, same data order and initialisation):", "",
                   "| metric | " + " | ".join(f"seed {run['seed']}" for run in runs if run["method"] == method)
                   + " | mean |", "|---|" + "---:|" * (1 + sum(run["method"] == method for run in runs))]
         for title, _ in METRICS:
@@ -273,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                 run["global_tau"] = global_tau(run_dir)
             runs.append(run)
     summary = summarise(runs, args.methods)
-    table = markdown(runs, summary, args.methods)
+    table = markdown(runs, summary, args.methods, args.baseline)
     figure = args.figure or args.output_dir / "reproduce_table.png"
     plot(runs, summary, args.methods, figure)
-    settings = {"base_config": str(BASE_CONFIG.relative_to(REPO_ROOT)), "seeds": args.seeds,
+    settings = {"base_config": str(BASE_CONFIG.relative_to(REPO_ROOT)), "seeds": args.seeds, "baseline": args.baseline,
                 "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides}
     hardware = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                 "python": platform.python_version()}

@@ -51,3 +51,13 @@ def test_shuffle_keeps_the_batch_temperatures_and_changes_their_owners():
     shuffled = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=None,
                              shuffle_seed=0).anchor_taus(images, texts)
     assert torch.equal(shuffled.sort().values, exact.sort().values) and not torch.equal(shuffled, exact)
+
+
+def test_strength_scales_the_log_spread_around_the_same_geometric_mean():
+    images, texts = features(4)
+    log_level = torch.tensor(0.06).log()
+    exact = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=0.06).anchor_taus(images, texts)
+    for strength in (0.0, 0.5, -1.0):  # none, half the spread, the rule inverted
+        taus = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=0.06,
+                             strength=strength).anchor_taus(images, texts)
+        assert torch.allclose(taus.log() - log_level, strength * (exact.log() - log_level), atol=1e-5)

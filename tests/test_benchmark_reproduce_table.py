@@ -54,6 +54,8 @@ def test_markdown_table_and_plot(tmp_path):
                                                                                  ["oracle"]), ["clip", "oracle"])
     assert "| oracle-seed0 | 0.0640 (last batch's mean) |" in oracle and "| IR@1 | -1.0 | -1.0 |" in oracle
     assert "| oracle (1 seed) | 9.0 |" in oracle  # a single seed: no "± 0.0"
+    against_tempnet = markdown(RUNS, summary, ["clip", "tempnet"], baseline="tempnet")
+    assert "clip − tempnet per seed" in against_tempnet and "| IR@1 | -3.0 | -1.0 | -2.0 |" in against_tempnet
     plot(RUNS, summary, ["clip", "tempnet"], tmp_path / "figure.png")
     assert (tmp_path / "figure.png").stat().st_size > 1000
 
@@ -85,7 +87,10 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_the_option_has_its_
 def test_oracle_runs_at_the_resolved_sogclr_level():
     overrides = run_overrides("oracle", 1, BASE_CONFIG.parent, ["temperature.init=0.0546"])
     command = train_command("oracle", overrides, to_dict(load_config(TrainConfig, BASE_CONFIG, overrides)))
-    assert command[1].endswith("oracle_tau.py") and command[2:4] == ["--level", "0.0546"]
+    assert command[1].endswith("oracle_tau.py") and command[2:6] == ["--level", "0.0546", "--strength", "1.0"]
     assert command[-1] == "temperature.init=0.0546"
+    inverted = run_overrides("oracle-inverted", 1, BASE_CONFIG.parent, [])
+    command = train_command("oracle-inverted", inverted, to_dict(load_config(TrainConfig, BASE_CONFIG, inverted)))
+    assert command[2:6] == ["--level", "0.06", "--strength", "-1.0"] and "run.name=oracle-inverted-seed1" in command
     clip = run_overrides("clip", 1, BASE_CONFIG.parent, [])
     assert train_command("clip", clip, {})[1:5] == ["-m", "clipdro.cli", "train", "--config"]
