@@ -57,17 +57,14 @@ METHODS: dict[str, list[str]] = {
     "isogclr": ["loss.name=isogclr"],  # per-sample tau tables, every row starting at temperature.init
     # TempNet frozen (at its initial tau, about 0.06) for the first half: docs/results.md, "the cold dive"
     "tempnet": ["loss.name=tempnet", "tempnet.start_epoch=6"],
-    # Not in the paper, not run by default: every anchor gets its exact in-batch tau* (KL = rho), rescaled to
-    # sogclr's level temperature.init (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here
-    "oracle": ["loss.name=sogclr"],
-    # The same with each tau's ratio to the batch's geometric mean raised to a power (ORACLE_STRENGTHS)
-    "oracle-half": ["loss.name=sogclr"],
-    "oracle-double": ["loss.name=sogclr"],
-    "oracle-inverted": ["loss.name=sogclr"],
 }
-# oracle_tau.py --strength: 1 the exact rule, 0.5 half its spread on a log scale (a smoothed tau*, what an
-# imperfect TempNet learns), 2 double, -1 the rule inverted (the anchors it warms are cooled, and vice versa)
+# Not in the paper, not run by default: every anchor gets its exact in-batch tau* (KL = rho), rescaled to
+# sogclr's level temperature.init (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here.
+# The variants raise each tau's ratio to the batch's geometric mean to a power (oracle_tau.py --strength):
+# 0.5 half the spread on a log scale (a smoothed tau*, what an imperfect TempNet learns), 2 double, -1 the rule
+# inverted (the anchors it warms are cooled, and vice versa).
 ORACLE_STRENGTHS = {"oracle": 1.0, "oracle-half": 0.5, "oracle-double": 2.0, "oracle-inverted": -1.0}
+METHODS |= {name: ["loss.name=sogclr"] for name in ORACLE_STRENGTHS}  # sogclr's estimator, oracle temperatures
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
