@@ -101,15 +101,10 @@ def save_run_checkpoint(state: dict[str, Any], *, run_dir: Path, step: int, keep
     """Every rank calls this (the RNG states are gathered); rank 0 adds the fields every run
     checkpoint has (step, RNG states of all ranks, skipped steps, resolved config, package
     versions) to ``state`` and writes it. Returns the path on rank 0, None elsewhere."""
-    import torch.distributed as dist
-
-    from clipdro.distributed import get_rank, get_world_size, is_distributed
+    from clipdro.distributed import gather_objects, get_rank
     from clipdro.info import environment_info
 
-    rng_states = [rng_state()]
-    if is_distributed():
-        rng_states = [None] * get_world_size()
-        dist.all_gather_object(rng_states, rng_state())
+    rng_states = gather_objects(rng_state())
     if get_rank() != 0:
         return None
     payload = {**state, "step": step, "rng": rng_states, "nonfinite_steps": nonfinite_steps, "config": config,

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from clipdro.data.pipeline import PipelineConfig
+from clipdro.data.config import PipelineConfig
 from clipdro.errors import UsageError
 
 T = TypeVar("T")
@@ -202,11 +202,22 @@ class TempNetConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    name: typing.Literal["tempnet", "sogclr", "isogclr", "clip"] = "tempnet"
+    # tempnet, sogclr, isogclr, clip, or a loss registered with clipdro.losses.register_loss
+    name: str = "tempnet"
     rho: float = 7.0  # must be < log(global batch - 1); checked at start-up
     gamma: float = 0.8  # moving-average weight of the current batch
     isogclr_beta: float = 0.5
     isogclr_eta: float = 0.03
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # read by losses registered outside clipdro
+
+    def validate(self) -> None:
+        from clipdro.losses import loss_class  # torch, so only when a config is checked
+
+        known = loss_class(self.name).option_names  # an unknown name is a UsageError listing the registered ones
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise UsageError(f"loss.options.{unknown[0]}: the {self.name} loss reads "
+                             f"{', '.join(known) if known else 'no loss.options'}")
 
 
 @dataclasses.dataclass

@@ -1,4 +1,9 @@
-"""Process-group set-up from torchrun or SLURM, rank helpers and the autograd-aware all-gather.
+"""Process-group set-up from torchrun or SLURM, and every collective clipdro uses.
+
+All communication between ranks goes through this module: the autograd-aware all-gather of
+the losses, the reductions of logged values, the gathers of objects (RNG states, skip counts)
+and of unevenly sharded evaluation features, and the broadcast of the run folder's name. Each
+helper is the identity in a single process, so callers never branch on the world size.
 
 The contrastive losses compute *local* rows (this rank's anchors) against *global* columns
 (every rank's candidates). The columns come from :func:`all_gather_with_grad`, whose backward
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -70,6 +76,14 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistributedContext(rank, local_rank, world_size)
+
+
+def close_distributed() -> None:
+    """Wait for every rank, then tear the process group down. A rank that leaves while another
+    still works (rank 0 writing a final export) would otherwise abort in gloo's teardown."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
@@ -134,3 +148,72 @@ def check_equal_local_batches(local_rows: int, device: torch.device) -> None:
     sizes = all_gather_no_grad(torch.tensor([local_rows], device=device))
     if not bool((sizes == local_rows).all()):
         raise RuntimeError(f"local batch sizes differ across ranks: {sizes.tolist()}")
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` on every rank (a picklable object)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def sum_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Per-key sums of every rank's ``counts`` (keys missing on a rank count 0)."""
+    total: dict[str, int] = {}
+    for rank_counts in gather_objects(dict(counts)):
+        for key, count in rank_counts.items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks (a new tensor; the input is left as it is)."""
+    if not is_distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of a Python float over ranks, reduced in float64."""
+    if not is_distributed():
+        return value
+    return float(sum_over_ranks(torch.tensor([value], dtype=torch.float64, device=device)).item()) / get_world_size()
+
+
+def shard_bounds(total: int, rank: int | None = None) -> tuple[int, int]:
+    """Rank ``rank``'s (default: this rank's) contiguous slice [start, stop) of ``total`` items;
+    slice sizes differ by at most 1."""
+    world = get_world_size()
+    rank = get_rank() if rank is None else rank
+    return rank * total // world, (rank + 1) * total // world
+
+
+def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Every rank's rows of a [total, D] matrix split by :func:`shard_bounds`, concatenated in rank
+    order on every rank (all_gather needs equal shapes: pad, gather, trim)."""
+    if not is_distributed():
+        return local
+    world = get_world_size()
+    sizes = [stop - start for start, stop in (shard_bounds(total, rank) for rank in range(world))]
+    # A rank with an empty shard does not know the feature dim: agree on it first.
+    dim = torch.tensor([local.shape[1]], device=local.device)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
+    padded = torch.zeros(max(sizes), int(dim), device=local.device)
+    if len(local):
+        padded[:len(local)] = local
+    shards = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(shards, padded)
+    return torch.cat([shard[:size] for shard, size in zip(shards, sizes, strict=True)])

@@ -20,12 +20,11 @@ rebuilds each net (also ``weights_only``-loadable).
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipdro.checkpoint import save_atomic
-from clipdro.errors import UsageError
+from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.model_configs import shipped_model_names
 from clipdro.models import TrainedRun, load_trained_run
 
@@ -93,15 +92,9 @@ def loading_code(ref: OpenCLIPModelRef, weights: Path, tempnets: Path | None = N
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError, so the dispatcher prints one line and exits with 2."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="clipdro export", description="a training run -> an open_clip-loadable checkpoint")
+    parser = UsageArgumentParser(prog="clipdro export",
+                                 description="a training run -> an open_clip-loadable checkpoint")
     parser.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint file")
     parser.add_argument("--output", required=True, help="open_clip weights file to write, e.g. model.pt")
     parser.add_argument("--tempnets", help="also write the two TempNets (tempnet runs) to this file")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 from importlib import metadata
+
+from clipdro.errors import UsageArgumentParser
 
 PACKAGES = ("clipdro", "torch", "torchvision", "open_clip_torch", "webdataset", "faiss-cpu", "faiss-gpu",
             "timm", "transformers")
@@ -39,7 +40,7 @@ def environment_info() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipdro info", description=__doc__)
+    parser = UsageArgumentParser(prog="clipdro info", description=__doc__)
     parser.parse_args(argv)
     print(json.dumps(environment_info(), indent=2))
     return 0

@@ -15,6 +15,7 @@ import open_clip
 import torch
 from torch import nn
 
+from clipdro.config import TemperatureConfig, TempNetConfig, from_dict
 from clipdro.errors import UsageError
 from clipdro.model_configs import register_model_configs
 from clipdro.tempnet import CLIPTempNet
@@ -98,6 +99,14 @@ def embedding_dim(name: str) -> int:
     return int(open_clip.get_model_config(resolve_model_name(name))["embed_dim"])
 
 
+def build_tempnets(model_name: str, tempnet: TempNetConfig,
+                   temperature: TemperatureConfig) -> tuple[CLIPTempNet, CLIPTempNet]:
+    """The image and text TempNets of a run (in that order: their random init uses the torch seed)."""
+    dim = embedding_dim(model_name)
+    return tuple(CLIPTempNet(dim, tempnet.num_prototypes, temperature.min, temperature.max, tempnet.dropout)
+                 for _ in range(2))
+
+
 @dataclass
 class TrainedRun:
     """A clipdro training checkpoint loaded for use: the model plus what identifies it.
@@ -133,14 +142,11 @@ def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu")
     # Every weight comes from the checkpoint: no pretrained tag, no base tower weights to download.
     clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None, pretrained_image=False,
                                                      pretrained_text=False, device="cpu")
-    image_tempnet = text_tempnet = None
+    tempnets = (None, None)
     if any(key.startswith("image_tempnet.") for key in state["model"]):
-        dim = embedding_dim(model_config["name"])
-        temperature, tempnet = config["temperature"], config["tempnet"]
-        image_tempnet, text_tempnet = (
-            CLIPTempNet(dim, tempnet["num_prototypes"], temperature["min"], temperature["max"], tempnet["dropout"])
-            for _ in range(2))
-    model = CLIPWithTempNets(clip, image_tempnet, text_tempnet)
+        tempnets = build_tempnets(model_config["name"], from_dict(TempNetConfig, config["tempnet"]),
+                                  from_dict(TemperatureConfig, config["temperature"]))
+    model = CLIPWithTempNets(clip, *tempnets)
     model.load_state_dict(state["model"])
     return TrainedRun(checkpoint=path, step=int(state["step"]), config=config, model=model.to(device).eval(),
                       eval_transform=eval_transform, tokenizer=tokenizer, loss_state=state.get("loss") or {})

@@ -11,22 +11,14 @@ shards moved). The computations live in :mod:`clipdro.eval.temperature_report`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import DataSource, RawSample, read_samples
-from clipdro.errors import UsageError
-from clipdro.eval.cli import parse_device
+from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval.temperature_report import build_report, require_per_sample_temperatures, write_report
 from clipdro.models import load_trained_run
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError, so the dispatcher prints one line and exits with 2."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
+from clipdro.runtime import parse_device
 
 
 def training_sources(run_config: dict, train_shards: list[str] | None) -> list[DataSource]:
@@ -54,7 +46,7 @@ def read_training_samples(sources: list[DataSource], limit: int) -> tuple[list[R
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="clipdro report", description="markdown + plots of a run's learned temperatures")
+    parser = UsageArgumentParser(prog="clipdro report", description="markdown + plots of a run's learned temperatures")
     parser.add_argument("run", help="a run folder (its newest checkpoint) or a checkpoint file")
     parser.add_argument("--data", help="evaluation-set folder (eval.json): taus of its images and captions, "
                                        "and per class when it has labels (tempnet runs)")
@@ -66,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bins", type=int, default=10, help="equal-count commonness bins")
     parser.add_argument("--extremes", type=int, default=10, help="captions listed with the lowest / highest tau")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", type=parse_device, default="auto",
+    parser.add_argument("--device", default="auto",
                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    args.device = parse_device(args.device)
     if args.max_train_samples < 0 or args.bins < 1 or args.extremes < 0 or args.batch_size < 1:
         raise UsageError("--max-train-samples and --extremes must be >= 0, --bins and --batch-size >= 1")
     # Inputs first: a wrong path should fail before the (possibly slow) model load.

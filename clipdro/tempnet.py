@@ -9,11 +9,14 @@ Both kinds end in the same two blocks, implemented once:
 
 :class:`CLIPTempNet` scores a normalised embedding against M learnable prototypes;
 :class:`LMTempNet` maps a token's vocabulary logits to M features through an MLP.
+:meth:`CLIPTempNet.stages` is the forward pass with its intermediate tensors, for inspection
+(:func:`clipdro.analysis.dissect_tempnet`); ``forward`` is that pass's temperature.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +34,16 @@ class ParameterizedPooling(nn.Module):
         nn.init.ones_(self.readout.weight)
         nn.init.zeros_(self.readout.bias)
 
-    def forward(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(scores / self.log_scale.exp(), dim=-1)
+    def weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """pi = softmax(a / exp(sigma)) over the last dimension's M scores a."""
+        return torch.softmax(scores / self.log_scale.exp(), dim=-1)
+
+    def pool(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """u = Linear(M -> 1)((pi - 1/M) * q) for pooling weights pi (from :meth:`weights`) and values q."""
         return self.readout((weights - 1.0 / self.num_features) * values).squeeze(-1)
+
+    def forward(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.weights(scores), values)
 
 
 class BoundedTemperature(nn.Module):
@@ -51,6 +61,16 @@ class BoundedTemperature(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tau_min={self.tau_min}, tau_max={self.tau_max}"
+
+
+@dataclass(frozen=True)
+class CLIPTempNetStages:
+    """The intermediate tensors of one :class:`CLIPTempNet` pass over N embeddings (see its docstring)."""
+
+    x: torch.Tensor  # [N, d]: Dropout(sigmoid(Linear(e)))
+    scores: torch.Tensor  # [N, M]: a = x @ normalize_rows(P)^T
+    weights: torch.Tensor  # [N, M]: the pooling weights pi = softmax(a / exp(sigma))
+    tau: torch.Tensor  # [N]: bounded(pool(a, sigmoid(a))), what forward returns
 
 
 class CLIPTempNet(nn.Module):
@@ -85,10 +105,17 @@ class CLIPTempNet(nn.Module):
         self.prototypes.copy_(embeddings[: self.num_prototypes].to(self.prototypes))
         return True
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def stages(self, embeddings: torch.Tensor) -> CLIPTempNetStages:
+        """The forward pass with its intermediate tensors (``forward`` returns this pass's ``tau``)."""
         x = self.dropout(torch.sigmoid(self.transform(embeddings)))
         scores = x @ F.normalize(self.prototypes, dim=-1).t()
-        return self.output(self.pooling(scores, torch.sigmoid(scores)))
+        values = torch.sigmoid(scores)
+        weights = self.pooling.weights(scores)
+        return CLIPTempNetStages(x=x, scores=scores, weights=weights,
+                                 tau=self.output(self.pooling.pool(weights, values)))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.stages(embeddings).tau
 
 
 class LMTempNet(nn.Module):

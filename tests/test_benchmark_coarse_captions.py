@@ -1,10 +1,10 @@
-"""benchmarks/coarse_captions.py: the planted-false-negative split keeps everything but some captions."""
+"""benchmarks/paper/coarse_captions.py: the planted-false-negative split keeps everything but some captions."""
 
 import json
 
 import webdataset as wds
 
-from benchmarks.coarse_captions import family_caption, main
+from benchmarks.paper.coarse_captions import family_caption, main
 from clipdro.data.manifest import Manifest
 from clipdro.data.writer import ShardSample, write_shards
 

@@ -1,10 +1,10 @@
-"""benchmarks/oracle_tau.py: the exact per-anchor temperatures and the loss that uses them."""
+"""benchmarks/paper/oracle_tau.py: the exact per-anchor temperatures and the loss that uses them."""
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.oracle_tau import OracleTauLoss
-from benchmarks.tempnet_fit_probe import competitor_scores
+from benchmarks.paper.oracle_tau import OracleTauLoss
+from clipdro.analysis import competitor_scores
 from clipdro.losses import kl_to_uniform
 
 
@@ -61,3 +61,17 @@ def test_strength_scales_the_log_spread_around_the_same_geometric_mean():
         taus = OracleTauLoss(32, rho=1.0, tau_min=1e-4, tau_max=10.0, level=0.06,
                              strength=strength).anchor_taus(images, texts)
         assert torch.allclose(taus.log() - log_level, strength * (exact.log() - log_level), atol=1e-5)
+
+
+def test_the_oracle_is_a_registered_loss_built_from_its_options():
+    from benchmarks.paper.oracle_tau import BASE_CONFIG
+    from clipdro.config import TrainConfig, load_config
+    from clipdro.losses import loss_class
+
+    config = load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle", "run.seed=3",
+                                                    "loss.options={level: 0.05, strength: 0.5, shuffle: true}"])
+    loss = loss_class("oracle").from_config(config, 10)
+    assert isinstance(loss, OracleTauLoss) and (loss.level, loss.strength) == (0.05, 0.5)
+    assert loss.shuffle is not None and (loss.tau_min, loss.tau_max, loss.oracle_rho) == (0.01, 0.1, 3.0)
+    free = loss_class("oracle").from_config(load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle"]), 10)
+    assert free.level is None and free.strength == 1.0 and free.shuffle is None

@@ -1,8 +1,8 @@
-"""benchmarks/reproduce_table.py without training: run reuse, per-seed differences, the table, the plot."""
+"""benchmarks/paper/reproduce_table.py without training: run reuse, per-seed differences, the table, the plot."""
 
 import yaml
 
-from benchmarks.reproduce_table import (
+from benchmarks.paper.reproduce_table import (
     BASE_CONFIG,
     METRICS,
     finished_with,
@@ -86,11 +86,12 @@ def test_a_run_saved_before_an_option_existed_is_reused_when_the_option_has_its_
 
 def test_oracle_runs_at_the_resolved_sogclr_level():
     overrides = run_overrides("oracle", 1, BASE_CONFIG.parent, ["temperature.init=0.0546"])
-    command = train_command("oracle", overrides, to_dict(load_config(TrainConfig, BASE_CONFIG, overrides)))
-    assert command[1].endswith("oracle_tau.py") and command[2:6] == ["--level", "0.0546", "--strength", "1.0"]
-    assert command[-1] == "temperature.init=0.0546"
+    command = train_command("oracle", overrides)
+    assert command[1:3] == ["-m", "benchmarks.paper.oracle_tau"]
+    resolved = load_config(TrainConfig, BASE_CONFIG, overrides)
+    assert resolved.loss.name == "oracle" and resolved.loss.options == {"strength": 1.0, "level": 0.0546}
     inverted = run_overrides("oracle-inverted", 1, BASE_CONFIG.parent, [])
-    command = train_command("oracle-inverted", inverted, to_dict(load_config(TrainConfig, BASE_CONFIG, inverted)))
-    assert command[2:6] == ["--level", "0.06", "--strength", "-1.0"] and "run.name=oracle-inverted-seed1" in command
+    assert load_config(TrainConfig, BASE_CONFIG, inverted).loss.options == {"strength": -1.0, "level": 0.06}
+    assert "run.name=oracle-inverted-seed1" in train_command("oracle-inverted", inverted)
     clip = run_overrides("clip", 1, BASE_CONFIG.parent, [])
-    assert train_command("clip", clip, {})[1:5] == ["-m", "clipdro.cli", "train", "--config"]
+    assert train_command("clip", clip)[1:5] == ["-m", "clipdro.cli", "train", "--config"]

@@ -1,32 +1,16 @@
-"""The tau* computation of benchmarks/tempnet_fit_probe.py on small hand-made score rows."""
+"""The caption and target descriptions of benchmarks/paper/tempnet_fit_probe.py on small hand-made rows.
+
+Its tau* computation lives in clipdro.analysis (tests/test_analysis.py).
+"""
 
 
 import torch
 
-from benchmarks.tempnet_fit_probe import (
-    best_taus,
+from benchmarks.paper.tempnet_fit_probe import (
     caption_overlap,
-    competitor_scores,
     describe_targets,
     hardest_competitor_overlaps,
 )
-from clipdro.losses import kl_to_uniform
-
-
-def test_competitor_scores_drop_the_positive():
-    anchors = torch.eye(3)
-    candidates = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
-    h = competitor_scores(anchors, candidates)  # s = candidates^T; row i: s_ij - s_ii for j != i
-    assert torch.allclose(h, torch.tensor([[-0.5, -1.0], [-0.5, -0.5], [-1.0, -1.0]]))
-
-
-def test_best_taus_solve_kl_equals_rho_then_clip():
-    torch.manual_seed(0)
-    h = -torch.rand(5, 255)
-    tau = best_taus(h, rho=2.0, tau_min=1e-4, tau_max=10.0)
-    assert torch.allclose(kl_to_uniform(h / tau[:, None]), torch.full((5,), 2.0), atol=1e-4)
-    clipped = best_taus(h, rho=2.0, tau_min=0.5, tau_max=0.6)
-    assert ((clipped >= 0.5) & (clipped <= 0.6)).all()
 
 
 def test_caption_overlap_is_the_jaccard_of_lower_cased_words():

@@ -1,11 +1,11 @@
-"""The log parsing, statistics and ratios of benchmarks/train_throughput.py (no training here)."""
+"""The log parsing, statistics and ratios of benchmarks/speed/train_throughput.py (no training here)."""
 
 import json
 import math
 
 import pytest
 
-from benchmarks.train_throughput import (
+from benchmarks.speed.train_throughput import (
     LogWindow,
     Throughput,
     default_rho,

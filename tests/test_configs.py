@@ -8,7 +8,7 @@ from clipdro.config import TrainConfig, load_config
 from clipdro.models import resolve_model_name
 
 ROOT = Path(__file__).parents[1]
-CONFIGS = sorted(path for folder in (ROOT / "configs", ROOT / "benchmarks" / "configs")
+CONFIGS = sorted(path for folder in (ROOT / "configs", ROOT / "benchmarks" / "paper" / "configs")
                  for path in folder.glob("*.yaml") if not path.name.startswith("llm_"))
 
 

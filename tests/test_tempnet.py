@@ -87,3 +87,15 @@ def test_prototypes_come_from_the_other_modality_when_the_batch_is_large_enough(
 def test_invalid_range_is_refused():
     with pytest.raises(ValueError):
         CLIPTempNet(8, tau_min=0.05, tau_max=0.01)
+
+
+def test_clip_tempnet_forward_is_its_formula_exactly():
+    torch.manual_seed(0)
+    net = CLIPTempNet(16, num_prototypes=8).eval()
+    embeddings = F.normalize(torch.randn(32, 16), dim=-1)
+    x = torch.sigmoid(net.transform(embeddings))
+    scores = x @ F.normalize(net.prototypes, dim=-1).t()
+    weights = torch.softmax(scores / net.pooling.log_scale.exp(), dim=-1)
+    expected = net.output(net.pooling.readout((weights - 1.0 / 8) * torch.sigmoid(scores)).squeeze(-1))
+    assert torch.equal(net(embeddings), expected)
+    assert torch.equal(net.pooling.weights(scores), weights)

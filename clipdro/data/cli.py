@@ -11,14 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipdro.errors import UsageError
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors become UsageError, so the dispatcher prints one line and exits 2."""
-
-    def error(self, message: str):
-        raise UsageError(message)
+from clipdro.errors import UsageArgumentParser
 
 
 def _from_csv(args: argparse.Namespace) -> None:
@@ -68,9 +61,9 @@ def _convert_imagefolder(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clipdro data", description=__doc__,
+    parser = UsageArgumentParser(prog="clipdro data", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=UsageArgumentParser)
 
     verb = verbs.add_parser("from-csv", help="CSV/TSV of (image path, caption) -> shards + manifest")
     verb.add_argument("--csv", required=True, help="image paths are relative to this file's folder")

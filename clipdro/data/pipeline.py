@@ -48,6 +48,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from clipdro.data.config import DataSource, PipelineConfig
 from clipdro.data.manifest import Manifest
 from clipdro.errors import UsageError
 
@@ -71,23 +72,6 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Tokenizer = Callable[[list[str]], torch.Tensor]
-
-
-@dataclass
-class DataSource:
-    shards: str  # a manifest.json, its folder, or a brace pattern of shards listed in that folder's manifest
-    weight: float = 1.0  # resampled mode: expected share of this source's samples in the stream
-
-
-@dataclass
-class PipelineConfig:
-    sources: list[DataSource]
-    batch_size: int  # per rank
-    epoch_samples: int | None = None  # all ranks together; required when resampled, optional cap when finite
-    resampled: bool = True
-    num_workers: int = 2
-    seed: int = 0
-    shuffle_buffer: int = 1000  # raw samples per worker; 1 keeps shard order
 
 
 @dataclass

@@ -18,7 +18,7 @@ import open_clip
 import torch
 
 from clipdro.data.evalset import EvalSet
-from clipdro.errors import UsageError
+from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval.results import load_results, run_environment, summary_table, write_results
 from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import (
@@ -30,19 +30,14 @@ from clipdro.eval.zeroshot import (
 )
 from clipdro.model_configs import register_model_configs
 from clipdro.models import load_trained_run
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError, so the dispatcher prints one line and exits with 2."""
-
-    def error(self, message: str) -> None:
-        raise UsageError(message)
+from clipdro.runtime import EVAL_PRECISIONS, parse_device, resolve_precision
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "summarize":
         return _summarize(args)
+    args.device = parse_device(args.device)
     # Data first: a wrong path should fail before a (possibly slow) model load.
     if args.command == "retrieval":
         evalset = EvalSet.load(args.data)
@@ -53,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         templates = resolve_templates(template_source, evalset)
     loaded = load_model(args)
     model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
-    loader_options = {"batch_size": args.batch_size, "device": args.device, "num_workers": args.workers}
+    loader_options = {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
+                      "num_workers": args.workers}
     if args.command == "retrieval":
         result = evaluate_retrieval(model, preprocess, tokenizer, evalset, args.recall_k,
                                     exact_ranks=args.exact_ranks, **loader_options)
@@ -109,8 +105,8 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clipdro eval", description="retrieval / zero-shot benchmarks and result tables")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = UsageArgumentParser(prog="clipdro eval", description="retrieval / zero-shot benchmarks and result tables")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
 
     def add_model_and_data(sub: argparse.ArgumentParser, data_help: str) -> None:
         weights = sub.add_mutually_exclusive_group(required=True)
@@ -122,8 +118,9 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", required=True, help=data_help)
         sub.add_argument("--batch-size", type=int, default=64)
         sub.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
-        sub.add_argument("--device", type=parse_device, default="auto",
-                         help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+        sub.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+        sub.add_argument("--precision", choices=EVAL_PRECISIONS, default="auto",
+                         help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU")
         sub.add_argument("--output", help="write the results JSON here")
 
     retrieval = commands.add_parser("retrieval", help="image-text retrieval recall@K (FAISS)")
@@ -147,18 +144,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{name}: CUDA is not available")
-    return device
-
-
 def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, result: TaskResult,
                    task_options: dict) -> dict:
     return {
@@ -170,6 +155,7 @@ def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, r
         **result.sizes,
         "metrics": result.metrics,
         "timings": result.timings,
+        "precision": resolve_precision(args.precision, args.device),
         **run_environment(args.device),
     }
 

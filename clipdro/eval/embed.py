@@ -4,7 +4,8 @@ The model needs ``encode_image(images)`` and ``encode_text(tokens)``.  Features 
 L2-normalised, float32, on the CPU, in input order.  Under torch.distributed every rank
 embeds one contiguous shard and the shards are all-gathered in rank order, so every rank
 ends with the same full matrix (the collective runs on ``device``: CUDA tensors for NCCL).
-Autocast (bf16 where supported, else fp16) is used on CUDA only; the CPU path stays fp32.
+``precision`` is :mod:`clipdro.runtime`'s: ``auto`` (the default) uses bf16 autocast on CUDA
+where supported, else fp16, and stays fp32 on the CPU; training passes its ``run.precision``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from clipdro.distributed import gather_shards, shard_bounds
+from clipdro.runtime import autocast_context
 
 
 def embed_images(
@@ -28,14 +31,15 @@ def embed_images(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """[len(paths), D] normalised image features; images are decoded as RGB and preprocessed.
 
     An item of ``paths`` is an image file or the encoded bytes of one (images read from shards)."""
-    start, stop = _shard_bounds(len(paths))
+    start, stop = shard_bounds(len(paths))
     loader = DataLoader(_ImageFiles(paths[start:stop], preprocess), batch_size=batch_size,
                         num_workers=num_workers, shuffle=False)
-    return _encode(model, model.encode_image, loader, len(paths), device)
+    return _encode(model, model.encode_image, loader, len(paths), device, precision)
 
 
 def embed_texts(
@@ -44,20 +48,13 @@ def embed_texts(
     texts: Sequence[str],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """[len(texts), D] normalised text features."""
-    start, stop = _shard_bounds(len(texts))
+    start, stop = shard_bounds(len(texts))
     shard = list(texts[start:stop])
     batches = (tokenizer(shard[i:i + batch_size]) for i in range(0, len(shard), batch_size))
-    return _encode(model, model.encode_text, batches, len(texts), device)
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 if the GPU has it, else fp16); a no-op elsewhere."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return _encode(model, model.encode_text, batches, len(texts), device, precision)
 
 
 @contextlib.contextmanager
@@ -89,41 +86,12 @@ class _ImageFiles(Dataset):
 
 def _encode(model: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor],
             batches: Iterator[torch.Tensor] | DataLoader, total: int,
-            device: str | torch.device) -> torch.Tensor:
+            device: str | torch.device, precision: str) -> torch.Tensor:
     """Run ``encoder`` (a method of ``model``) on this rank's batches, normalise, gather ranks in order."""
     device = torch.device(device)
     features = []
-    with inference_mode(model), autocast_for(device):
+    with inference_mode(model), autocast_context(precision, device):
         for batch in batches:
             features.append(F.normalize(encoder(batch.to(device)).float(), dim=-1))
     local = torch.cat(features) if features else torch.empty(0, 0, device=device)
-    if _world_size() > 1:
-        local = _gather_shards(local, total)
-    return local.cpu()
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _shard_bounds(total: int, rank: int | None = None) -> tuple[int, int]:
-    """This rank's contiguous slice [start, stop) of ``total`` items (sizes differ by at most 1)."""
-    world = _world_size()
-    if rank is None:
-        rank = dist.get_rank() if world > 1 else 0
-    return rank * total // world, (rank + 1) * total // world
-
-
-def _gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
-    """Concatenate every rank's shard in rank order (all_gather needs equal shapes: pad, then trim)."""
-    world = _world_size()
-    sizes = [stop - start for start, stop in (_shard_bounds(total, rank) for rank in range(world))]
-    # A rank with an empty shard does not know the feature dim: agree on it first.
-    dim = torch.tensor([local.shape[1]], device=local.device)
-    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
-    padded = torch.zeros(max(sizes), int(dim), device=local.device)
-    if len(local):
-        padded[:len(local)] = local
-    shards = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(shards, padded)
-    return torch.cat([shard[:size] for shard, size in zip(shards, sizes, strict=True)])
+    return gather_shards(local, total).cpu()

@@ -1,7 +1,8 @@
 """Whole evaluation tasks on an EvalSet: embed, then score.  Shared by the CLI and training.
 
 Under torch.distributed every rank embeds its shard, receives all features and computes the
-same metrics; the caller writes results from rank 0.
+same metrics; the caller writes results from rank 0. ``precision`` follows :mod:`clipdro.runtime`
+(``auto``: mixed precision on CUDA, fp32 on the CPU; training passes its own ``run.precision``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ def evaluate_retrieval(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
     num_workers: int = 0,
     exact_ranks: bool = False,
 ) -> TaskResult:
     texts, text_to_image = evalset.flat_captions()  # raises UsageError for a set without captions
     paths = [evalset.image_path(i) for i in range(len(evalset.images))]
     started = time.perf_counter()
-    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers)
-    text_features = embed_texts(model, tokenizer, texts, batch_size, device)
+    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision)
+    text_features = embed_texts(model, tokenizer, texts, batch_size, device, precision)
     embedded = time.perf_counter()
     metrics = retrieval_metrics(image_features, text_features, text_to_image, ks, exact_ranks=exact_ranks)
     searched = time.perf_counter()
@@ -65,15 +67,16 @@ def evaluate_zeroshot(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
     num_workers: int = 0,
 ) -> TaskResult:
     if not evalset.has_labels:
         raise UsageError(f"evaluation set {evalset.name!r} has no labels for zero-shot classification")
     paths = [evalset.image_path(i) for i in range(len(evalset.images))]
     started = time.perf_counter()
-    classifier = build_classifier(model, tokenizer, classnames, templates, device)
+    classifier = build_classifier(model, tokenizer, classnames, templates, device, precision=precision)
     built = time.perf_counter()
-    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers)
+    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision)
     embedded = time.perf_counter()
     metrics = zeroshot_metrics(image_features @ classifier.cpu(), evalset.labels)
     scored = time.perf_counter()

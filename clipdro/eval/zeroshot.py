@@ -19,7 +19,8 @@ import torch
 
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageError
-from clipdro.eval.embed import autocast_for, inference_mode
+from clipdro.eval.embed import inference_mode
+from clipdro.runtime import autocast_context
 
 Template = str | Callable[[str], str]
 
@@ -97,10 +98,11 @@ def build_classifier(
     templates: Sequence[Template],
     device: str | torch.device = "cpu",
     classes_per_batch: int = 10,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """[D, C] float32 classifier (one normalised column per class), built in batches of classes."""
     device = torch.device(device)
-    with inference_mode(model), autocast_for(device):
+    with inference_mode(model), autocast_context(precision, device):
         weights = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates,
                                                        num_classes_per_batch=classes_per_batch, device=device)
     return weights.float()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from clipdro.config import from_dict
-from clipdro.errors import UsageError
+from clipdro.errors import UsageArgumentParser, UsageError
+from clipdro.runtime import PRECISIONS, parse_device
 
 USAGE = """usage: clipdro llm <subcommand> [args ...]
 
@@ -18,7 +18,7 @@ subcommands:
 
 
 def generate_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="clipdro llm generate", description="Sample with TempNet temperatures.")
+    parser = UsageArgumentParser(prog="clipdro llm generate", description="Sample with TempNet temperatures.")
     parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
     parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`; "
                                                         "without it: plain sampling at temperature 1")
@@ -27,13 +27,13 @@ def generate_main(argv: list[str]) -> int:
     parser.add_argument("--top-k", type=int, default=0, help="0: off (the paper sampled without top-k)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
     parser.add_argument("--show-tau", action="store_true", help="print each generated token with its tau")
     args = parser.parse_args(argv)
     from clipdro.llm.generation import generate
     from clipdro.llm.model import load_lm_with_tempnet
 
-    loaded = load_lm_with_tempnet(args.model, args.tempnet, args.device)
+    loaded = load_lm_with_tempnet(args.model, args.tempnet, parse_device(args.device))
     result = generate(loaded.lm, loaded.tokenizer, args.prompt, loaded.tempnet, args.max_new_tokens, args.top_k,
                       args.top_p, args.seed)
     print(args.prompt + result.text)
@@ -47,7 +47,7 @@ def generate_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="clipdro llm eval", description="Held-out perplexity with/without TempNet.")
+    parser = UsageArgumentParser(prog="clipdro llm eval", description="Held-out perplexity with/without TempNet.")
     parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
     parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`")
     parser.add_argument("--data", nargs="*", default=None,
@@ -57,15 +57,15 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-sequences", type=int, default=None,
                         help="cap on held-out sequences (default: the TempNet run's eval.max_sequences, else all)")
-    parser.add_argument("--precision", choices=["fp32", "amp_bf16", "amp"], default="fp32")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
     args = parser.parse_args(argv)
     from clipdro.llm.config import LLMTrainConfig
     from clipdro.llm.data import load_datasets, load_packed
     from clipdro.llm.evaluation import evaluate_heldout
     from clipdro.llm.model import load_lm_with_tempnet
 
-    loaded = load_lm_with_tempnet(args.model, args.tempnet, args.device)
+    loaded = load_lm_with_tempnet(args.model, args.tempnet, parse_device(args.device))
     run_config = from_dict(LLMTrainConfig, loaded.config) if loaded.config is not None else None
     seq_len = args.seq_len or (run_config.data.seq_len if run_config else 512)
     if args.data:

@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from clipdro.distributed import get_rank, get_world_size, is_distributed
+from clipdro.distributed import get_rank, get_world_size, sum_over_ranks
 from clipdro.llm.data import IGNORE_INDEX
 from clipdro.llm.model import lm_logits, predict_tau
 from clipdro.losses import dro_token_loss
+from clipdro.runtime import autocast_context
 from clipdro.tempnet import LMTempNet
-from clipdro.train import autocast_context
 
 
 @torch.no_grad()
@@ -62,8 +61,7 @@ def evaluate_heldout(lm: PreTrainedModel, tempnet: LMTempNet | None, inputs: tor
             sums[4] += dro_token_loss(logits, flat_targets, tau, rho, IGNORE_INDEX).double() * tokens
     for module, training in zip(modules, was_training, strict=True):
         module.train(training)
-    if is_distributed():
-        dist.all_reduce(sums)
+    sums = sum_over_ranks(sums)
     count = max(float(sums[0]), 1.0)
     metrics = {"tokens": float(sums[0]), "perplexity": math.exp(float(sums[1]) / count)}
     if tempnet is not None:

@@ -9,6 +9,8 @@ from clipdro.losses.contrastive import (
     ISogCLRLoss,
     SogCLRLoss,
     build_contrastive_loss,
+    loss_class,
+    register_loss,
 )
 from clipdro.losses.dro import check_rho, kl_to_uniform, moving_average_estimate
 from clipdro.losses.lm import dro_token_loss
@@ -25,5 +27,7 @@ __all__ = [
     "check_rho",
     "dro_token_loss",
     "kl_to_uniform",
+    "loss_class",
     "moving_average_estimate",
+    "register_loss",
 ]

@@ -6,6 +6,15 @@
 * ``isogclr`` (:class:`ISogCLRLoss`): per-sample tau stored in tables, updated by its own rule.
 * ``clip`` (:class:`CLIPLoss`): symmetric InfoNCE with open_clip's learnable global temperature.
 
+The losses are looked up by name in a registry that code outside clipdro can add to
+(:func:`register_loss`); the trainer never branches on a loss name. What it needs to know comes
+from hooks on the loss: :meth:`~ContrastiveLoss.from_config` (its options from the run's config),
+:attr:`~ContrastiveLoss.uses_tempnets` (whether the model needs TempNets),
+:meth:`~ContrastiveLoss.prepare_model` (what happens to open_clip's ``logit_scale``),
+:meth:`~ContrastiveLoss.temperatures` (what is passed as ``image_tau`` / ``text_tau``),
+:meth:`~ContrastiveLoss.check_batch_size` (start-up checks) and
+:meth:`~ContrastiveLoss.after_optimizer_step`.
+
 Every loss takes this rank's L2-normalised image and text features (row i of each is a
 positive pair), the anchors' temperatures where the loss does not own them, and the stable
 sample ids. Under torch.distributed the loss is *local*: rows are this rank's anchors,
@@ -15,8 +24,9 @@ gradient averaging reproduces the single-process gradient of the global batch ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +41,29 @@ from clipdro.distributed import (
 from clipdro.errors import UsageError
 from clipdro.losses.dro import check_rho, kl_to_uniform, moving_average_estimate
 from clipdro.state import SampleTable
+
+if TYPE_CHECKING:
+    from clipdro.config import TrainConfig
+    from clipdro.models import ModelOutput
+
+LossT = TypeVar("LossT", bound="ContrastiveLoss")
+MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's trainer clamps the learnable scale to <= log(100)
+
+
+CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {}  # loss.name -> class, see register_loss
+
+
+def register_loss(cls: type[LossT]) -> type[LossT]:
+    """Make ``cls`` the loss called ``cls.name`` (``loss.name`` in configs); usable as a class decorator.
+
+    Code outside clipdro registers its own losses this way (benchmarks/paper/oracle_tau.py does);
+    registering a second class under a taken name is refused.
+    """
+    registered = CONTRASTIVE_LOSSES.get(cls.name)
+    if registered is not None and registered is not cls:
+        raise ValueError(f"a loss named {cls.name!r} is already registered ({registered.__qualname__})")
+    CONTRASTIVE_LOSSES[cls.name] = cls
+    return cls
 
 
 @dataclass
@@ -55,19 +88,42 @@ class GlobalBatch:
 
 
 class ContrastiveLoss(nn.Module):
-    """Interface shared by the four losses; the trainer switches by :attr:`name`.
+    """Interface shared by every contrastive loss, and the hooks the trainer calls.
 
-    ``temperature_source`` tells the trainer what to pass as ``image_tau`` / ``text_tau``:
-    ``"tempnet"`` per-sample tensors [n] from the TempNets (with autograd), ``"logit_scale"``
-    the scalar ``1 / model.logit_scale.exp()``, ``"loss"`` nothing (the loss owns tau).
+    A loss is constructed as ``cls(num_samples, **options)`` (``num_samples`` sizes per-sample
+    tables) and from a run's config by :meth:`from_config`. Its ``forward(image_features,
+    text_features, image_tau, text_tau, sample_ids)`` returns a :class:`ContrastiveLossOutput`.
     """
 
     name: ClassVar[str]
-    temperature_source: ClassVar[str]
+    uses_tempnets: ClassVar[bool] = False  # the model must carry image and text TempNets
+    option_names: ClassVar[tuple[str, ...]] = ()  # the keys of config.loss.options that from_config reads
 
     def __init__(self) -> None:
         super().__init__()
         self._checked_local_rows: int | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> ContrastiveLoss:
+        """The loss with its options taken from ``config`` (the loss and temperature sections).
+        A loss registered from outside clipdro reads its own options from ``config.loss.options``."""
+        raise NotImplementedError(f"{cls.__name__} does not say how to build it from a config")
+
+    def prepare_model(self, clip: nn.Module) -> None:
+        """Called once on the open_clip model before training: by default the temperatures come
+        from elsewhere, so open_clip's learnable ``logit_scale`` is frozen."""
+        clip.logit_scale.requires_grad_(False)
+
+    def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(image_tau, text_tau) to pass to :meth:`forward` from the model's output; None where
+        the loss keeps its own temperatures."""
+        return None, None
+
+    def check_batch_size(self, global_batch_size: int) -> None:
+        """A start-up check of the global batch size (refuse settings the loss cannot train with)."""
+
+    def after_optimizer_step(self, clip: nn.Module) -> None:
+        """Called after every optimizer step (for example to clamp a learnable temperature)."""
 
     def gather_global_batch(self, image_features: torch.Tensor, text_features: torch.Tensor) -> GlobalBatch:
         local_rows = image_features.shape[0]
@@ -87,6 +143,7 @@ def _compute_dtype(features: torch.Tensor) -> torch.dtype:
     return torch.promote_types(features.dtype, torch.float32)
 
 
+@register_loss
 class DROContrastiveLoss(ContrastiveLoss):
     """The TempNet loss: two-sided KL-constrained DRO with per-sample temperatures.
 
@@ -102,7 +159,7 @@ class DROContrastiveLoss(ContrastiveLoss):
     """
 
     name = "tempnet"
-    temperature_source = "tempnet"
+    uses_tempnets = True
 
     def __init__(self, num_samples: int, rho: float = 7.0, gamma: float = 0.8,
                  table_dtype: torch.dtype = torch.float32):
@@ -116,7 +173,15 @@ class DROContrastiveLoss(ContrastiveLoss):
         self.text_table = SampleTable(num_samples, {"s": 0.0, "b": 0.0}, dtype=table_dtype)
         self._checked_batch_size: int | None = None
 
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> DROContrastiveLoss:
+        return cls(num_samples, rho=config.loss.rho, gamma=config.loss.gamma)
+
+    def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return output.image_tau, output.text_tau
+
     def check_batch_size(self, global_batch_size: int) -> None:
+        """rho < log(B - 1): above it no temperature can meet the KL constraint (method.md §1)."""
         if global_batch_size != self._checked_batch_size:
             check_rho(self.rho, global_batch_size - 1, what=f"{self.name} loss")
             self._checked_batch_size = global_batch_size
@@ -180,6 +245,7 @@ class DROContrastiveLoss(ContrastiveLoss):
         return loss, metrics
 
 
+@register_loss
 class SogCLRLoss(DROContrastiveLoss):
     """SogCLR: the moving-average estimator with one fixed global temperature (reference 0.01).
 
@@ -188,7 +254,7 @@ class SogCLRLoss(DROContrastiveLoss):
     """
 
     name = "sogclr"
-    temperature_source = "loss"
+    uses_tempnets = False
 
     def __init__(self, num_samples: int, tau: float = 0.01, gamma: float = 0.8,
                  table_dtype: torch.dtype = torch.float32):
@@ -197,11 +263,19 @@ class SogCLRLoss(DROContrastiveLoss):
             raise UsageError(f"sogclr: tau must be positive, got {tau}")
         self.tau = tau
 
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> SogCLRLoss:
+        return cls(num_samples, tau=config.temperature.init, gamma=config.loss.gamma)
+
+    def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
+
     def anchor_temperatures(self, sample_ids, image_tau, text_tau):
         fixed = torch.full(sample_ids.shape, self.tau, device=sample_ids.device)
         return fixed, fixed
 
 
+@register_loss
 class ISogCLRLoss(DROContrastiveLoss):
     """iSogCLR: per-sample temperatures kept in tables and moved by their own rule.
 
@@ -210,7 +284,7 @@ class ISogCLRLoss(DROContrastiveLoss):
     """
 
     name = "isogclr"
-    temperature_source = "loss"
+    uses_tempnets = False
     GRADIENT_CLIP = 5.0
 
     def __init__(self, num_samples: int, rho: float = 7.0, gamma: float = 0.8, tau_init: float = 0.01,
@@ -224,6 +298,15 @@ class ISogCLRLoss(DROContrastiveLoss):
         self.image_tau_table = SampleTable(num_samples, {"tau": tau_init, "u": 0.0}, dtype=table_dtype)
         self.text_tau_table = SampleTable(num_samples, {"tau": tau_init, "u": 0.0}, dtype=table_dtype)
 
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> ISogCLRLoss:
+        loss, temperature = config.loss, config.temperature
+        return cls(num_samples, rho=loss.rho, gamma=loss.gamma, tau_init=temperature.init, tau_min=temperature.min,
+                   tau_max=temperature.max, beta=loss.isogclr_beta, eta=loss.isogclr_eta)
+
+    def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return None, None
+
     def anchor_temperatures(self, sample_ids, image_tau, text_tau):
         return self.image_tau_table.read(sample_ids)["tau"], self.text_tau_table.read(sample_ids)["tau"]
 
@@ -236,6 +319,7 @@ class ISogCLRLoss(DROContrastiveLoss):
         table.write(sample_ids, {"tau": tau, "u": momentum})
 
 
+@register_loss
 class CLIPLoss(ContrastiveLoss):
     """open_clip's symmetric InfoNCE with one learnable global temperature.
 
@@ -247,7 +331,31 @@ class CLIPLoss(ContrastiveLoss):
     """
 
     name = "clip"
-    temperature_source = "logit_scale"
+
+    def __init__(self, num_samples: int = 0, tau_init: float | None = None):
+        """``num_samples`` is unused (no per-sample state; every loss is built alike); ``tau_init``
+        sets open_clip's learnable temperature before training (None keeps open_clip's 0.07)."""
+        super().__init__()
+        if tau_init is not None and tau_init <= 0:
+            raise UsageError(f"clip: the initial tau must be positive, got {tau_init}")
+        self.tau_init = tau_init
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> CLIPLoss:
+        return cls(num_samples, tau_init=config.temperature.init)
+
+    def prepare_model(self, clip: nn.Module) -> None:
+        if self.tau_init is not None:
+            with torch.no_grad():
+                clip.logit_scale.fill_(math.log(1.0 / self.tau_init))
+
+    def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        tau = 1.0 / output.logit_scale.float()  # open_clip returns exp(logit_scale)
+        return tau, tau
+
+    def after_optimizer_step(self, clip: nn.Module) -> None:
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
     def forward(self, image_features, text_features, image_tau=None, text_tau=None, sample_ids=None):
         if image_tau is None:
@@ -274,17 +382,17 @@ class CLIPLoss(ContrastiveLoss):
         )
 
 
-CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {
-    cls.name: cls for cls in (DROContrastiveLoss, SogCLRLoss, ISogCLRLoss, CLIPLoss)
-}
+def loss_class(name: str) -> type[ContrastiveLoss]:
+    """The registered loss called ``name`` (an unknown name is a usage error listing the known ones)."""
+    if name not in CONTRASTIVE_LOSSES:
+        raise UsageError(f"unknown loss {name!r}; choose one of {sorted(CONTRASTIVE_LOSSES)}")
+    return CONTRASTIVE_LOSSES[name]
 
 
 def build_contrastive_loss(name: str, num_samples: int, **options) -> ContrastiveLoss:
     """The loss called ``name`` with its options (unknown names or options are usage errors)."""
-    if name not in CONTRASTIVE_LOSSES:
-        raise UsageError(f"unknown loss {name!r}; choose one of {sorted(CONTRASTIVE_LOSSES)}")
-    cls = CONTRASTIVE_LOSSES[name]
+    cls = loss_class(name)
     try:
-        return cls(**options) if cls is CLIPLoss else cls(num_samples, **options)
+        return cls(num_samples, **options)
     except TypeError as error:
         raise UsageError(f"loss {name!r}: {error}") from None

@@ -1,7 +1,7 @@
 """Images/s of the training loader (decode + open_clip train transform + tokenize + batch).
 
-    python benchmarks/loader_throughput.py --manifest data/embedded/manifest.json
-    python benchmarks/loader_throughput.py --synthetic /tmp/loader-bench   # 4 x 500 JPEGs, 64 px
+    python -m benchmarks.speed.loader_throughput --manifest data/embedded/manifest.json
+    python -m benchmarks.speed.loader_throughput --synthetic /tmp/loader-bench   # 4 x 500 JPEGs, 64 px
 
 Runs one resampled epoch of --samples samples per worker count and reports the steady
 rate: from the first batch (worker start-up and the shuffle-buffer fill excluded) to the

@@ -1,11 +1,12 @@
 """`python -m open_clip_train.main ARGS` that also knows clipdro's model configs.
 
-    benchmarks/.venv-openclip/bin/python benchmarks/open_clip_train_launcher.py --model clipdro-tiny-vit ...
+    benchmarks/speed/.venv-openclip/bin/python -m benchmarks.speed.open_clip_train_launcher --model clipdro-tiny-vit ...
 
 open_clip's trainer only knows the architectures shipped in its wheel, so this registers the JSON
 configs in clipdro/model_configs/ first. The folder is found from this file's location instead of
 importing clipdro: the launcher runs in the open_clip venv (webdataset 0.2.86, see
-train_throughput.py), where clipdro's own imports are not meant to run.
+benchmarks/speed/train_throughput.py), where clipdro's own imports are not meant to run. Run it from
+the repo root, so that ``benchmarks.speed`` is importable (it imports nothing but this module).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import open_clip
 from open_clip_train.main import main
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "clipdro" / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "clipdro" / "model_configs"
 
 if __name__ == "__main__":
     open_clip.add_model_config(MODEL_CONFIG_DIR)

@@ -1,7 +1,7 @@
 """Can a TempNet learn per-sample temperatures at all? A probe on frozen embeddings.
 
-    python benchmarks/tempnet_fit_probe.py runs/demo --rho 5.0
-    python benchmarks/tempnet_fit_probe.py runs/demo --rho 5.0 --lrs 1e-2 --dropouts 0.5 --steps 264
+    python -m benchmarks.paper.tempnet_fit_probe runs/demo --rho 5.0
+    python -m benchmarks.paper.tempnet_fit_probe runs/demo --rho 5.0 --lrs 1e-2 --dropouts 0.5 --steps 264
 
 With the encoders frozen, the DRO objective separates over samples: sample i's best temperature is
 tau*_i with KL(softmax(h_i / tau*_i) || uniform) = rho (method.md §1), clipped to the TempNet's
@@ -35,19 +35,22 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from clipdro.analysis import best_taus, competitor_scores, dissect_tempnet
+from clipdro.data.pipeline import DataSource, read_samples
+from clipdro.eval.temperature_report import spearman
+from clipdro.losses import kl_to_uniform
+from clipdro.models import load_trained_run
+from clipdro.tempnet import CLIPTempNet
 
-from clipdro.data.pipeline import DataSource, read_samples  # noqa: E402
-from clipdro.eval.temperature_report import spearman  # noqa: E402
-from clipdro.losses import kl_to_uniform  # noqa: E402
-from clipdro.models import load_trained_run  # noqa: E402
-from clipdro.tempnet import CLIPTempNet  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH = 256
+# The columns of the dissection table: dissect_tempnet's keys, each with its format.
+DISSECTION_FORMATS = {"mean x": ".3f", "std of x over samples": ".4f", "std of scores over prototypes": ".3f",
+                      "std of scores over samples": ".4f", "distinct winning prototypes": ".0f",
+                      "mean top pooling weight": ".2f", "pooling scale": ".4f", "tau mean": ".4f",
+                      "tau p95/p5": ".4f"}
 
 
 def training_embeddings(run_dir: Path, shards: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,34 +72,11 @@ def training_embeddings(run_dir: Path, shards: str) -> tuple[torch.Tensor, torch
     return embeddings
 
 
-@torch.no_grad()
-def dissect(net: CLIPTempNet, embeddings: torch.Tensor, name: str) -> None:
-    """How sample-dependent each stage of a trained TempNet is (eval mode: dropout off)."""
-    net.eval()
-    x = torch.sigmoid(net.transform(embeddings))
-    scores = x @ F.normalize(net.prototypes, dim=-1).t()
-    weights = torch.softmax(scores / net.pooling.log_scale.exp(), dim=-1)
-    tau = net(embeddings)
-    print(f"| {name} | {x.mean():.3f} | {x.std(0).mean():.4f} | {scores.std(1).mean():.3f} | "
-          f"{scores.std(0).mean():.4f} | {weights.argmax(1).unique().numel()} | {weights.max(1).values.mean():.2f} | "
-          f"{net.pooling.log_scale.exp():.4f} | {tau.mean():.4f} | {tau.quantile(0.95) / tau.quantile(0.05):.4f} |")
-
-
-def competitor_scores(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """h_ij = s_ij - s_ii for the B - 1 competitors j != i of each anchor i: [B, B - 1]."""
-    scores = anchors @ candidates.t()
-    off_diagonal = ~torch.eye(len(scores), dtype=torch.bool, device=scores.device)
-    return (scores - scores.diag()[:, None])[off_diagonal].view(len(scores), -1)
-
-
-def best_taus(h: torch.Tensor, rho: float, tau_min: float, tau_max: float) -> torch.Tensor:
-    """tau* per row with KL = rho (KL falls as tau grows), by bisection in log space, then clipped."""
-    low, high = h.new_full((len(h),), 1e-4), h.new_full((len(h),), 10.0)
-    for _ in range(60):
-        middle = (low * high).sqrt()
-        too_flat = kl_to_uniform(h / middle[:, None]) < rho
-        high, low = torch.where(too_flat, middle, high), torch.where(too_flat, low, middle)
-    return middle.clamp(tau_min, tau_max)
+def dissection_row(net: CLIPTempNet, embeddings: torch.Tensor, name: str) -> str:
+    """One row of the dissection table: how sample-dependent each stage of a trained TempNet is
+    (:func:`clipdro.analysis.dissect_tempnet`, eval mode: dropout off)."""
+    statistics = dissect_tempnet(net, embeddings)
+    return f"| {name} | " + " | ".join(f"{statistics[key]:{spec}}" for key, spec in DISSECTION_FORMATS.items()) + " |"
 
 
 def caption_overlap(first: str, second: str) -> float:
@@ -154,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     run = load_trained_run(args.run)
     if run.model.has_tempnets:
         print(f"The run's own TempNets on its {count} training embeddings (eval mode):")
-        print("| TempNet | mean x | std of x over samples | std of scores over prototypes | std of scores over samples "
-              "| distinct winning prototypes | mean top pooling weight | pooling scale | tau mean | tau p95/p5 |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        dissect(run.model.image_tempnet, image_embeddings, "image")
-        dissect(run.model.text_tempnet, text_embeddings, "text")
+        print("| TempNet | " + " | ".join(DISSECTION_FORMATS) + " |")
+        print("|---|" + "---:|" * len(DISSECTION_FORMATS))
+        print(dissection_row(run.model.image_tempnet, image_embeddings, "image"))
+        print(dissection_row(run.model.text_tempnet, text_embeddings, "text"))
     generator = torch.Generator().manual_seed(1)
     held_out = torch.cat([torch.randperm(count, generator=generator)[:BATCH] for _ in range(8)])
     gaps = [competitor_scores(image_embeddings[rows], text_embeddings[rows]) for rows in held_out.view(8, BATCH)]

@@ -1,17 +1,17 @@
 """Training throughput: clipdro's loop (TempNet + DRO loss, and the plain CLIP loss) vs open_clip's own trainer.
 
-    python benchmarks/train_throughput.py --output runs/train_throughput.json
-    python benchmarks/train_throughput.py --shards /tmp/shards --steps 30 --warmup-steps 5 --output /tmp/tt.json
+    python -m benchmarks.speed.train_throughput --output runs/train_throughput.json
+    python -m benchmarks.speed.train_throughput --shards /tmp/shards --steps 30 --warmup-steps 5 --output /tmp/tt.json
     # the GPU check (docs/performance.md): ViT-B-32, batch 256, bf16 autocast
-    python benchmarks/train_throughput.py --model ViT-B-32 --device cuda --precision amp_bf16 --workers 12 \
+    python -m benchmarks.speed.train_throughput --model ViT-B-32 --device cuda --precision amp_bf16 --workers 12 \
         --threads 4 --steps 120 --warmup-steps 36 --log-every 12 --repeats 2 --output runs/gpu_throughput.json
 
 Three trainers run one after the other on the same machine state, each in a fresh child process:
 
 * ``tempnet``: ``clipdro train`` with ``loss.name=tempnet`` (TempNets + the DRO loss);
 * ``clip``: ``clipdro train`` with ``loss.name=clip`` (open_clip's InfoNCE with a learnable scale);
-* ``open_clip``: open_clip's ``open_clip_train.main`` through ``open_clip_train_launcher.py``,
-  which registers clipdro's model configs first.
+* ``open_clip``: open_clip's ``open_clip_train.main`` through ``benchmarks.speed.open_clip_train_launcher``
+  (run as a module from the repo root), which registers clipdro's model configs first.
 
 With ``--repeats N`` (default 3) the three run round-robin N times, so drift in the machine's load
 hits all of them alike, and each trainer's figure is the median over its runs: from 3 runs on, one
@@ -63,7 +63,7 @@ logit scale differs, clipdro's 1/temperature.init vs open_clip's 1/0.07; the wor
   change the work per step.
 
 open_clip's trainer crashes with ``KeyError: 'fname'`` on webdataset >= 0.2.96, so it runs in
-its own small venv (default ``benchmarks/.venv-openclip``, created once and reused while its
+its own small venv (default ``benchmarks/speed/.venv-openclip``, created once and reused while its
 marker file matches): ``python -m venv``, ``pip install --no-deps webdataset==0.2.86``, and a
 ``.pth`` file that appends this interpreter's site-packages after the venv's own, so webdataset
 0.2.86 shadows clipdro's 1.0.2 while torch, open_clip and the rest are shared instead of
@@ -94,8 +94,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER = Path(__file__).resolve().parent / "open_clip_train_launcher.py"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER = "benchmarks.speed.open_clip_train_launcher"  # run as a module, with the repo root as working directory
 DEFAULT_VENV = Path(__file__).resolve().parent / ".venv-openclip"
 WEBDATASET_FOR_OPEN_CLIP = "0.2.86"  # trains open_clip_train 3.3.0; >= 0.2.96 raises KeyError 'fname'
 VENV_MARKER = "clipdro-bench.json"
@@ -349,7 +349,7 @@ def clipdro_command(settings: Settings, loss: str, run_dir: Path) -> list[str]:
 
 
 def open_clip_command(settings: Settings, python: Path, run_dir: Path) -> list[str]:
-    return [str(python), str(LAUNCHER), "--train-data", open_clip_train_data(settings.shards),
+    return [str(python), "-m", LAUNCHER, "--train-data", open_clip_train_data(settings.shards),
             "--dataset-type", "webdataset", "--dataset-resampled",
             "--train-num-samples", str(settings.steps * settings.batch_size), "--batch-size", str(settings.batch_size),
             "--workers", str(settings.workers), "--epochs", "1", "--model", settings.model,

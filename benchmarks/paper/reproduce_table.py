@@ -1,12 +1,12 @@
 """The paper's comparison (CLIP, SogCLR, iSogCLR, TempNet; method.md §5) at laptop scale.
 
-    python benchmarks/reproduce_table.py                       # 4 methods x 3 seeds, about 1 hour on 2 CPU cores
-    python benchmarks/reproduce_table.py --methods clip sogclr isogclr tempnet oracle   # + the oracle
-    python benchmarks/reproduce_table.py --seeds 0 --methods clip tempnet run.epochs=2   # a quick look
-    python benchmarks/reproduce_table.py --methods sogclr oracle oracle-half oracle-inverted --baseline sogclr
+    python -m benchmarks.paper.reproduce_table                 # 4 methods x 3 seeds, about 1 hour on 2 CPU cores
+    python -m benchmarks.paper.reproduce_table --methods clip sogclr isogclr tempnet oracle   # + the oracle
+    python -m benchmarks.paper.reproduce_table --seeds 0 --methods clip tempnet run.epochs=2   # a quick look
+    python -m benchmarks.paper.reproduce_table --methods sogclr oracle oracle-half oracle-inverted --baseline sogclr
 
 Every run trains ``clipdro-tiny-vit`` on the embedded openclipart training split with
-``benchmarks/configs/reproduce.yaml`` plus the method's overrides (``METHODS`` below), so the
+``benchmarks/paper/configs/reproduce.yaml`` plus the method's overrides (``METHODS`` below), so the
 model, the data order (``data.seed``), the initialisation (``run.seed``), the batch and the number
 of steps are the same for all methods of a seed. Each run is evaluated at its end by the trainer
 itself on the held-out split: retrieval recall@1/5/10 both ways and 22-way zero-shot accuracy.
@@ -40,12 +40,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import benchmarks.paper.oracle_tau  # noqa: F401  (registers the oracle loss: its configs resolve here too)
+from clipdro.config import TrainConfig, load_config, to_dict
+from clipdro.eval.temperature_report import spearman
 
-from clipdro.config import TrainConfig, load_config, to_dict  # noqa: E402
-from clipdro.eval.temperature_report import spearman  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "reproduce.yaml"
 EVAL_SET = "openclipart-test"
 
@@ -59,12 +58,14 @@ METHODS: dict[str, list[str]] = {
     "tempnet": ["loss.name=tempnet", "tempnet.start_epoch=6"],
 }
 # Not in the paper, not run by default: every anchor gets its exact in-batch tau* (KL = rho), rescaled to
-# sogclr's level temperature.init (benchmarks/oracle_tau.py): what perfect personalisation alone is worth here.
+# sogclr's level temperature.init (benchmarks.paper.oracle_tau): what perfect personalisation alone is worth here.
 # The variants raise each tau's ratio to the batch's geometric mean to a power (oracle_tau.py --strength):
 # 0.5 half the spread on a log scale (a smoothed tau*, what an imperfect TempNet learns), 2 double, -1 the rule
 # inverted (the anchors it warms are cooled, and vice versa).
 ORACLE_STRENGTHS = {"oracle": 1.0, "oracle-half": 0.5, "oracle-double": 2.0, "oracle-inverted": -1.0}
-METHODS |= {name: ["loss.name=sogclr"] for name in ORACLE_STRENGTHS}  # sogclr's estimator, oracle temperatures
+# sogclr's estimator with oracle temperatures; run_overrides adds the level (the resolved temperature.init).
+METHODS |= {name: ["loss.name=oracle", f"loss.options.strength={strength}"]
+            for name, strength in ORACLE_STRENGTHS.items()}
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
@@ -93,8 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_overrides(method: str, seed: int, output_dir: Path, extra: list[str]) -> list[str]:
-    return [*METHODS[method], f"run.seed={seed}", f"data.seed={seed}", f"run.output_dir={output_dir}",
-            f"run.name={method}-seed{seed}", *extra]
+    overrides = [*METHODS[method], f"run.seed={seed}", f"data.seed={seed}", f"run.output_dir={output_dir}",
+                 f"run.name={method}-seed{seed}", *extra]
+    if method in ORACLE_STRENGTHS:  # at sogclr's level, temperature.init as resolved: only the spread differs
+        overrides.append(f"loss.options.level={load_config(TrainConfig, BASE_CONFIG, overrides).temperature.init}")
+    return overrides
 
 
 def final_eval(run_dir: Path) -> dict | None:
@@ -118,11 +122,10 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
     return record is not None and record["step"] == steps
 
 
-def train_command(method: str, overrides: list[str], resolved: dict) -> list[str]:
-    """The command line of one run; ``resolved`` is its resolved config (``to_dict``)."""
-    if method in ORACLE_STRENGTHS:  # its own entry point, at sogclr's level (temperature.init): only the spread differs
-        entry_point = [str(REPO_ROOT / "benchmarks" / "oracle_tau.py"), "--level", str(resolved["temperature"]["init"]),
-                       "--strength", str(ORACLE_STRENGTHS[method])]
+def train_command(method: str, overrides: list[str]) -> list[str]:
+    """The command line of one run (the oracle's entry point registers its loss, then trains)."""
+    if method in ORACLE_STRENGTHS:
+        entry_point = ["-m", "benchmarks.paper.oracle_tau"]
     else:
         entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
     return [sys.executable, *entry_point, *overrides]
@@ -137,7 +140,7 @@ def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float
         print(f"[{method} seed {seed}] reusing the finished run in {run_dir}", flush=True)
         return run_dir, None
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = train_command(method, overrides, expected)
+    command = train_command(method, overrides)
     print(f"[{method} seed {seed}] {' '.join(command)}", flush=True)
     started = time.perf_counter()
     with open(args.output_dir / f"{method}-seed{seed}.console.txt", "w") as console:

@@ -1,16 +1,16 @@
 """What would perfect per-sample temperatures buy? Train with each anchor's exact in-batch optimum.
 
-    python benchmarks/oracle_tau.py run.name=oracle-seed0 temperature.min=0.04
-    python benchmarks/oracle_tau.py --level 0.06 run.name=oracle-level-seed0
-    python benchmarks/oracle_tau.py --level 0.06 --strength 0.5 run.name=oracle-half-seed0
+    python -m benchmarks.paper.oracle_tau run.name=oracle-seed0 temperature.min=0.04
+    python -m benchmarks.paper.oracle_tau --level 0.06 run.name=oracle-level-seed0
+    python -m benchmarks.paper.oracle_tau --level 0.06 --strength 0.5 run.name=oracle-half-seed0
 
 A TempNet approximates the per-anchor minimisation over tau of the robust objective (method.md §1):
 tau*_i is where KL(softmax(h_i / tau) || uniform) = rho. This script removes the approximation: it
-trains the ``sogclr`` loss of ``benchmarks/configs/reproduce.yaml`` (same estimator, same data order
-and budget as the reproduction table) but gives every image and text anchor of every batch its exact
-tau*_i (with the config's ``loss.rho``), found by bisection on the batch's gaps and clipped to
-``temperature.min`` / ``temperature.max``. With ``--level L`` the
-batch's tau* are rescaled so that their geometric mean is L before clipping: the temperature *level*
+trains the ``sogclr`` estimator of ``benchmarks/paper/configs/reproduce.yaml`` (same estimator, same data
+order and budget as the reproduction table) but gives every image and text anchor of every batch its
+exact tau*_i (with the config's ``loss.rho``), found by bisection on the batch's gaps
+(:func:`clipdro.analysis.best_taus`) and clipped to ``temperature.min`` / ``temperature.max``. With
+``--level L`` the batch's tau* are rescaled so that their geometric mean is L before clipping: the temperature *level*
 is then fixed (as in sogclr with tau = L) and only the redistribution across samples remains, which
 isolates what personalisation alone is worth. ``--shuffle`` is the control for that: each batch's
 temperatures are permuted across its anchors, so the spread stays and the DRO's assignment goes.
@@ -21,6 +21,9 @@ that learns a smoothed tau* gives), and a negative s inverts the rule (cools the
 If these oracle runs do not beat the one-temperature baselines, no TempNet can be expected to at this
 scale, whatever its optimiser: see docs/results.md. Extra arguments are dotted config overrides; the
 run goes to ``runs/oracle/<run.name>`` unless ``run.output_dir`` is given.
+
+The oracle is a loss registered from outside clipdro (``loss.name=oracle``, clipdro.losses.register_loss):
+the flags become its ``loss.options`` (level, strength, shuffle), which the run's config.yaml records.
 """
 
 from __future__ import annotations
@@ -32,19 +35,25 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from clipdro.analysis import best_taus, competitor_scores
+from clipdro.config import TrainConfig
+from clipdro.losses import SogCLRLoss, register_loss
+from clipdro.train import main as train_main
 
-from benchmarks.tempnet_fit_probe import best_taus, competitor_scores  # noqa: E402
-from clipdro import train as trainer  # noqa: E402
-from clipdro.config import TrainConfig, load_config  # noqa: E402
-from clipdro.losses.contrastive import SogCLRLoss  # noqa: E402
-
-BASE_CONFIG = REPO_ROOT / "benchmarks" / "configs" / "reproduce.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "reproduce.yaml"
 
 
+@register_loss
 class OracleTauLoss(SogCLRLoss):
-    """SogCLR's estimator with each anchor's exact in-batch tau* instead of one fixed tau."""
+    """SogCLR's estimator with each anchor's exact in-batch tau* instead of one fixed tau.
+
+    Registered as ``loss.name=oracle`` (importing this module registers it); its settings are
+    ``loss.options``: ``level`` (None: the free oracle), ``strength`` (default 1) and ``shuffle``.
+    """
+
+    name = "oracle"
+    option_names = ("level", "strength", "shuffle")
 
     def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, level: float | None,
                  gamma: float = 0.8, shuffle_seed: int | None = None, strength: float = 1.0):
@@ -53,6 +62,16 @@ class OracleTauLoss(SogCLRLoss):
         self.strength = strength
         self.shuffle = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
         self._taus: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> OracleTauLoss:
+        """loss.rho and temperature.min/max are the oracle's; the options select the variant."""
+        options = config.loss.options
+        level = options.get("level")
+        return cls(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
+                   None if level is None else float(level), gamma=config.loss.gamma,
+                   shuffle_seed=config.run.seed if options.get("shuffle", False) else None,
+                   strength=float(options.get("strength", 1.0)))
 
     @torch.no_grad()
     def anchor_taus(self, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -80,22 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--level", type=float, default=None, help="fix the batch's geometric-mean tau")
     parser.add_argument("--shuffle", action="store_true",
                         help="control: permute each batch's taus across its anchors (same values, random owners)")
-    parser.add_argument("--strength", type=float, default=1.0,
-                        help="exponent on each tau's ratio to the batch's geometric mean: 1 exact, 0 none, <0 inverted")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="exponent on each tau's ratio to the batch's geometric mean: 1 exact (default), "
+                             "0 none, <0 inverted")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. run.seed=1 data.seed=1")
     args = parser.parse_args(argv)
     if os.environ.get("WORLD_SIZE", "1") != "1":
-        raise SystemExit("oracle_tau.py runs in one process (its bisection sees the local batch only)")
-    overrides = ["loss.name=sogclr", f"run.output_dir={REPO_ROOT / 'runs' / 'oracle'}", *args.overrides]
-    config = load_config(TrainConfig, BASE_CONFIG, overrides)  # loss.rho and temperature.min/max: the oracle's
-
-    def build_loss(name: str, num_samples: int, **options) -> OracleTauLoss:
-        return OracleTauLoss(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
-                             args.level, gamma=options["gamma"], shuffle_seed=config.run.seed if args.shuffle else None,
-                             strength=args.strength)
-
-    trainer.build_contrastive_loss = build_loss
-    return trainer.main(["--config", str(BASE_CONFIG), *overrides])
+        raise SystemExit("oracle_tau runs in one process (its bisection sees the local batch only)")
+    options = [f"loss.options.level={'null' if args.level is None else args.level}"]
+    if args.strength is not None:
+        options.append(f"loss.options.strength={args.strength}")
+    if args.shuffle:
+        options.append("loss.options.shuffle=true")
+    # The overrides come last: loss.options.* given there win over the flags.
+    overrides = ["loss.name=oracle", *options, f"run.output_dir={REPO_ROOT / 'runs' / 'oracle'}", *args.overrides]
+    return train_main(["--config", str(BASE_CONFIG), *overrides])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A training split with planted false negatives: some captions replaced by their family's name.
 
-    python benchmarks/coarse_captions.py --fraction 0.3 --output runs/coarse-captions/train
-    clipdro train --config benchmarks/configs/reproduce.yaml loss.name=sogclr temperature.init=0.06 \\
+    python -m benchmarks.paper.coarse_captions --fraction 0.3 --output runs/coarse-captions/train
+    clipdro train --config benchmarks/paper/configs/reproduce.yaml loss.name=sogclr temperature.init=0.06 \\
         'data.sources=[{shards: runs/coarse-captions/train}]' run.name=coarse-sogclr
 
 On the clean openclipart split the competitors that beat an anchor's positive are true negatives
@@ -28,11 +28,10 @@ from pathlib import Path
 
 import webdataset as wds
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from clipdro.data.manifest import Manifest
+from clipdro.data.writer import IMAGE_EXTS, ShardSample, write_shards
 
-from clipdro.data.manifest import Manifest  # noqa: E402
-from clipdro.data.writer import IMAGE_EXTS, ShardSample, write_shards  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def family_caption(source: str) -> str:

@@ -1,7 +1,7 @@
 """Retrieval-metric scaling: clipdro's FAISS harness vs the dense score matrix CLIP_benchmark builds.
 
-    python benchmarks/eval_scaling.py compare                 # 5,000 images x 25,000 captions
-    python benchmarks/eval_scaling.py gallery                 # 5,000 images x 1,000,000 captions
+    python -m benchmarks.speed.eval_scaling compare           # 5,000 images x 25,000 captions
+    python -m benchmarks.speed.eval_scaling gallery           # 5,000 images x 1,000,000 captions
 
 Features are random unit vectors (dim 512): each image a Gaussian direction, each caption its
 image's vector plus Gaussian noise (``--noise`` times the signal's norm), renormalised, so
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipdro.eval import retrieval_metrics  # noqa: E402
+from clipdro.eval import retrieval_metrics
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("harness", "harness-exact", "dense")
 GENERATION_CHUNK = 65_536  # rows per generation step, so generating 1M captions stays within ~2 x their size
 
@@ -88,10 +88,11 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def run_child(args: argparse.Namespace, method: str) -> dict:
-    command = [sys.executable, __file__, "measure", "--method", method, "--images", str(args.images),
-               "--captions-per-image", str(args.captions_per_image), "--dim", str(args.dim),
-               "--noise", str(args.noise), "--seed", str(args.seed), "--ks", *map(str, args.ks)]
-    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.speed.eval_scaling", "measure", "--method", method,
+               "--images", str(args.images), "--captions-per-image", str(args.captions_per_image),
+               "--dim", str(args.dim), "--noise", str(args.noise), "--seed", str(args.seed),
+               "--ks", *map(str, args.ks)]
+    completed = subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True)
     return json.loads(completed.stdout)
 
 

@@ -1,0 +1,1 @@
+"""Speed benchmarks: data-loader, retrieval-metric and training throughput (docs/performance.md)."""

@@ -1,0 +1,336 @@
+"""The run engine: everything around a training step that the CLIP and LLM trainers share.
+
+A trainer builds its own parts (model, loss, data, optimizers) and its step function, packs
+them into a :class:`TrainingJob`, and hands it to :meth:`RunEngine.fit`. The engine owns the
+rest, once for both trainers:
+
+* processes and the device / precision policy (:mod:`clipdro.distributed`, :mod:`clipdro.runtime`);
+* the run folder: created only when training starts (a run that fails its start-up checks
+  leaves nothing behind), with the resolved ``config.yaml``, ``train.log``, ``metrics.jsonl``,
+  TensorBoard events and ``eval/step_N.json``;
+* resume: a checkpoint is ``{name: part.state_dict()}`` for the job's parts plus the loss
+  scaler, the step, every rank's RNG state, the skipped-step count and the resolved config;
+* the update: the non-finite branch (taken by every rank together), loss scaling, gradient
+  clipping over every parameter the optimizers hold, every optimizer, then the job's hook;
+* the loop: data / compute timing, epochs, the log line, SIGTERM, and the final checkpoint
+  and evaluation.
+
+After step N the engine does, in this order: log (every ``run.log_every``), checkpoint (every
+``run.checkpoint_every``, never inside a non-finite streak), evaluate (every
+``eval.every_steps``), and act on a SIGTERM (checkpoint and return). Checkpointing before
+evaluating means a crash in evaluation never costs training. Evaluation runs inside a saved and
+restored RNG state, so whether or when it runs never changes training: a run resumed from any
+checkpoint continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from clipdro.checkpoint import (
+    load_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_run_checkpoint,
+    set_rng_state,
+)
+from clipdro.config import OptimConfig, RunConfig, save_config, to_dict
+from clipdro.distributed import any_rank, broadcast_object, init_distributed
+from clipdro.errors import UsageError
+from clipdro.run_logging import RunLogger
+from clipdro.runtime import autocast_context, parse_device
+
+log = logging.getLogger("clipdro.engine")
+
+
+def warmup_cosine_lr(step: int, total_steps: int, optim: OptimConfig) -> float:
+    """Linear warm-up to optim.lr over optim.warmup_steps, then cosine decay to optim.min_lr at the last step."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
+    return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass
+class StepOutput:
+    """What a trainer's step function returns; the engine does the backward and the update."""
+
+    objective: torch.Tensor  # backward() runs on this: this rank's share of the global loss
+    loss: float  # the step's loss as logged (the engine sets NaN when the step is skipped)
+    details: Any = None  # whatever the trainer's log_values needs (temperatures, loss metrics)
+    finite: bool = True  # set by the engine: False when some rank's loss was NaN/Inf and the step skipped
+
+
+@dataclass
+class TrainingJob:
+    """A trainer's parts and hooks, as the engine runs them."""
+
+    # name -> object with state_dict() / load_state_dict(), or None (saved as None): the checkpoint
+    # payload. The data part's state is the position in the data stream.
+    parts: dict[str, Any]
+    optimizers: list[torch.optim.Optimizer]
+    batches: Iterable  # iter() gives one epoch of batches (tuples of tensors); len() is the steps per epoch
+    total_steps: int  # the length of the run (the schedules span it)
+    samples_per_step: int  # the global batch, for throughput
+    step: Callable[[int, tuple], StepOutput]  # forward + loss of step `step` (it sets its own learning rates)
+    log_values: Callable[[StepOutput], dict[str, Any]]  # at log steps, on every rank (may use collectives)
+    metadata: dict[str, Any] = field(default_factory=dict)  # plain values saved in every checkpoint as they are
+    grad_clip_norm: float | None = None
+    after_update: Callable[[], None] | None = None  # after each optimizer step
+    evaluate: Callable[[], dict[str, float]] | None = None  # every rank calls it; None: nothing to evaluate
+    evaluate_every: int = 0  # steps; 0: only after the last step
+    evaluate_at_start: bool = False  # also evaluate before the first step of a fresh run
+    description: list[str] = field(default_factory=list)  # lines for the log when training starts
+
+
+@dataclass
+class RunResult:
+    step: int  # the last step taken
+    metrics: dict[str, float]  # the latest evaluation ({} without one)
+    preempted: bool  # stopped by SIGTERM
+    completed: bool  # reached total_steps (not preempted, not cut by run.stop_after)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class NonFiniteGuard:
+    """Counts steps skipped for a NaN/Inf loss; too many in a row stop the run.
+
+    ``total`` goes into checkpoints and the log. No checkpoint is written inside a streak, so
+    when the error is raised the newest checkpoint is the last good one.
+    """
+
+    def __init__(self, max_in_a_row: int, total: int = 0):
+        self.max_in_a_row = max_in_a_row
+        self.total = total
+        self.in_a_row = 0
+
+    def record(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.total += 1
+        log.warning("step %d: non-finite loss, step skipped (%d in a row, %d in total)", step, self.in_a_row,
+                    self.total)
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteLossError(f"{self.in_a_row} consecutive non-finite losses at step {step}; stopped "
+                                     f"without writing a checkpoint (the last good one is intact)")
+
+
+class Preemption:
+    """SIGTERM sets a flag; the loop finishes its step, writes a checkpoint and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run the block without changing this process's Python / numpy / torch (and CUDA) RNG streams."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This rank's peak allocated CUDA memory since start, in GiB (nothing on other devices)."""
+    if device.type != "cuda":
+        return {}
+    return {"max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+class RunEngine:
+    """One training run's processes, device, folder, checkpoints and loop (see the module docstring).
+
+    ``config`` is the run's whole resolved config (saved as config.yaml and in every checkpoint);
+    ``checkpoint_format`` names the payload layout, checked on resume; ``line_keys`` pick the
+    values of the one-line log summary.
+    """
+
+    def __init__(self, run: RunConfig, config: Any, checkpoint_format: str, line_keys: list[str]):
+        self.run = run
+        self.config = config
+        self.checkpoint_format = checkpoint_format
+        self.line_keys = line_keys
+        self.context = init_distributed()
+        self.device = parse_device(run.device, self.context.local_rank)
+        # Without a name, rank 0's start time names the folder on every rank.
+        self.run_dir = Path(run.output_dir) / broadcast_object(run.name or time.strftime("%Y%m%d-%H%M%S"))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "amp")
+        self.nonfinite = NonFiniteGuard(run.max_nonfinite_steps)
+        self.logger: RunLogger | None = None
+        self._last_checkpoint_step: int | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast region of ``run.precision`` (training and in-training evaluation alike)."""
+        return autocast_context(self.run.precision, self.device)
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under DistributedDataParallel when there are several processes, else itself."""
+        if not self.context.enabled:
+            return module
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ------------------------------------------------------------------------- the run
+
+    def fit(self, job: TrainingJob, resume: str | None = None) -> RunResult:
+        """Restore (``resume``: 'latest', a run folder or a checkpoint file) or seed, then train."""
+        step = self._restore(job, resume) if resume is not None else self._fresh_start()
+        self._open_run_folder(job)
+        stop_after = job.total_steps if self.run.stop_after is None else min(job.total_steps, self.run.stop_after)
+        steps_per_epoch = len(job.batches)
+        metrics = self._evaluate(job, step) if job.evaluate_at_start and step == 0 else {}
+        batches = iter(job.batches)
+        self.logger.start_window(step)
+        try:
+            with Preemption() as preemption:
+                while step < stop_after:
+                    data_start = time.perf_counter()
+                    try:
+                        batch = next(batches)
+                    except StopIteration:  # end of an epoch: the next iterator starts the following one
+                        batches = iter(job.batches)
+                        continue
+                    batch = tuple(tensor.to(self.device, non_blocking=True) for tensor in batch)
+                    compute_start = time.perf_counter()
+                    output = job.step(step, batch)
+                    self._update(job, output)
+                    step += 1
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.logger.record_step(data_seconds=compute_start - data_start,
+                                            compute_seconds=time.perf_counter() - compute_start,
+                                            samples=job.samples_per_step)
+                    self.nonfinite.record(output.finite, step)
+
+                    if step % self.run.log_every == 0 or step == stop_after:
+                        self.logger.log_step(step, job.total_steps, {
+                            "epoch": step / steps_per_epoch,
+                            **job.log_values(output),
+                            "nonfinite_steps": self.nonfinite.total,
+                            **peak_memory(self.device),
+                        }, world_size=self.context.world_size)
+                    # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
+                    if self.run.checkpoint_every and step % self.run.checkpoint_every == 0 and output.finite:
+                        self._checkpoint(job, step)
+                    if job.evaluate_every and step % job.evaluate_every == 0 and step < stop_after:
+                        metrics = self._evaluate(job, step)
+                    if any_rank(preemption.requested, self.device):
+                        log.warning("SIGTERM received: checkpoint at step %d and exit", step)
+                        self._checkpoint(job, step)
+                        return RunResult(step, metrics, preempted=True, completed=False)
+            self._checkpoint(job, step)
+            if job.evaluate is not None:
+                metrics = self._evaluate(job, step)
+            return RunResult(step, metrics, preempted=False, completed=step == job.total_steps)
+        finally:
+            self.logger.close()
+
+    def _update(self, job: TrainingJob, output: StepOutput) -> None:
+        """Backward, clip, step every optimizer; or, when any rank's loss is not finite, skip the step."""
+        # Every rank must take the same branch, or DDP's backward would hang.
+        if any_rank(not math.isfinite(output.loss), self.device):
+            for optimizer in job.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            output.loss, output.finite = math.nan, False
+            return
+        self.scaler.scale(output.objective).backward()
+        if job.grad_clip_norm is not None:
+            for optimizer in job.optimizers:
+                self.scaler.unscale_(optimizer)
+            parameters = [parameter for optimizer in job.optimizers for group in optimizer.param_groups
+                          for parameter in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, job.grad_clip_norm)
+        for optimizer in job.optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        for optimizer in job.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if job.after_update is not None:
+            job.after_update()
+
+    # ------------------------------------------------------------- start, resume, checkpoints
+
+    def _fresh_start(self) -> int:
+        torch.manual_seed(self.run.seed + self.context.rank)  # dropout etc. differ per rank
+        return 0
+
+    def _restore(self, job: TrainingJob, resume: str) -> int:
+        path = resolve_checkpoint(resume, self.run_dir)
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("format") != self.checkpoint_format:
+            raise UsageError(f"{path}: not a {self.checkpoint_format} checkpoint (format {state.get('format')!r})")
+        for name, part in job.parts.items():
+            if part is not None:
+                part.load_state_dict(state[name])
+        self.scaler.load_state_dict(state["scaler"])
+        self.nonfinite.total = state["nonfinite_steps"]
+        set_rng_state(state["rng"][self.context.rank])
+        self._last_checkpoint_step = state["step"]
+        log.info("resumed from %s at step %d", path, state["step"])
+        return state["step"]
+
+    def _open_run_folder(self, job: TrainingJob) -> None:
+        self.logger = RunLogger(self.run_dir, enabled=self.context.is_main, line_keys=self.line_keys)
+        if self.context.is_main:
+            save_config(self.config, self.run_dir / "config.yaml")
+        log.info("run folder %s, %d process(es), device %s, precision %s", self.run_dir, self.context.world_size,
+                 self.device, self.run.precision)
+        for line in job.description:
+            log.info("%s", line)
+
+    def _checkpoint(self, job: TrainingJob, step: int) -> None:
+        """Write the checkpoint of ``step`` (every rank calls this; rank 0 writes), unless it exists."""
+        if step == self._last_checkpoint_step:
+            return
+        state = {"format": self.checkpoint_format, **job.metadata,
+                 **{name: None if part is None else part.state_dict() for name, part in job.parts.items()},
+                 "scaler": self.scaler.state_dict()}
+        path = save_run_checkpoint(state, run_dir=self.run_dir, step=step, keep_last=self.run.keep_last,
+                                   config=to_dict(self.config), nonfinite_steps=self.nonfinite.total)
+        self._last_checkpoint_step = step
+        if path is not None:
+            log.info("checkpoint %s", path)
+
+    # ------------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, job: TrainingJob, step: int) -> dict[str, float]:
+        """The job's evaluation, logged and written to eval/step_N.json; training RNG untouched."""
+        if job.evaluate is None:
+            return {}
+        with rng_preserved():
+            metrics = job.evaluate()
+        self.logger.log_eval(step, metrics)
+        if self.context.is_main:
+            folder = self.run_dir / "eval"
+            folder.mkdir(exist_ok=True)
+            (folder / f"step_{step:09d}.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=1))
+        return metrics

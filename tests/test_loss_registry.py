@@ -1,0 +1,93 @@
+"""Losses plug in: a loss registered from outside clipdro trains through the unchanged trainer."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipdro import cli
+from clipdro.config import TrainConfig, load_config
+from clipdro.errors import UsageError
+from clipdro.losses import CONTRASTIVE_LOSSES, ContrastiveLoss, ContrastiveLossOutput, register_loss
+from clipdro.train import train
+from tests.shard_factory import write_dense
+
+
+class FixedTauInfoNCE(ContrastiveLoss):
+    """A plug-in: symmetric InfoNCE at one fixed tau, read from loss.options; counts its calls."""
+
+    name = "test-fixed-infonce"
+    option_names = ("tau",)
+    calls = 0
+
+    def __init__(self, num_samples: int, tau: float = 0.1):
+        super().__init__()
+        self.tau = tau
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, num_samples: int) -> "FixedTauInfoNCE":
+        return cls(num_samples, tau=float(config.loss.options.get("tau", 0.1)))
+
+    def forward(self, image_features, text_features, image_tau=None, text_tau=None, sample_ids=None):
+        type(self).calls += 1
+        batch = self.gather_global_batch(image_features, text_features)
+        logits = image_features @ batch.texts.t() / self.tau
+        loss = (F.cross_entropy(logits, batch.positive_columns)
+                + F.cross_entropy(text_features @ batch.images.t() / self.tau, batch.positive_columns)) / 2
+        taus = torch.full(image_features.shape[:1], self.tau)
+        return ContrastiveLossOutput(loss=loss, image_tau=taus, text_tau=taus)
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    register_loss(FixedTauInfoNCE)
+    FixedTauInfoNCE.calls = 0
+    yield
+    CONTRASTIVE_LOSSES.pop(FixedTauInfoNCE.name)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    write_dense(folder, count=16, per_shard=8, size=32)
+    return folder
+
+
+def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.sources=[{{shards: {shards}}}]", "data.batch_size=8", "data.num_workers=0",
+            "data.resampled=false", "data.shuffle_buffer=1", "model.train_transform=eval",
+            f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}", "run.log_every=1", *extra]
+
+
+def test_a_registered_loss_trains_with_its_options_and_no_tempnets(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    config = load_config(TrainConfig, None, overrides(shards, run_dir, f"loss.name={FixedTauInfoNCE.name}",
+                                                       "loss.options={tau: 0.2}", "run.epochs=1"))
+    train(config)
+    assert FixedTauInfoNCE.calls == 2  # 16 samples, batch 8
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["image_tau_mean"] for record in records if "loss" in record] == pytest.approx([0.2, 0.2])
+    assert "tempnet_lr" not in records[-1]  # the loss uses no TempNets, so the model has none
+    assert "options:\n    tau: 0.2" in (run_dir / "config.yaml").read_text()
+
+
+def test_unknown_names_and_options_are_refused_with_status_2(shards, tmp_path, capsys):
+    assert cli.main(["train", *overrides(shards, tmp_path / "a"), "loss.name=no-such-loss"]) == 2
+    assert "unknown loss 'no-such-loss'" in capsys.readouterr().err
+    assert cli.main(["train", *overrides(shards, tmp_path / "b"), f"loss.name={FixedTauInfoNCE.name}",
+                     "loss.options={taus: 1}"]) == 2
+    assert "loss.options.taus" in capsys.readouterr().err
+    assert cli.main(["train", *overrides(shards, tmp_path / "c"), "loss.options={tau: 1}"]) == 2  # tempnet reads none
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_taken_name_cannot_be_registered_twice():
+    class Impostor(FixedTauInfoNCE):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss(Impostor)
+    with pytest.raises(UsageError, match="unknown loss"):
+        load_config(TrainConfig, None, ["data.sources=[]", "data.batch_size=1", "loss.name=missing"])
