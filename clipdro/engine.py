@@ -46,9 +46,9 @@ from clipdro.checkpoint import (
     save_run_checkpoint,
     set_rng_state,
 )
-from clipdro.config import OptimConfig, RunConfig, save_config, to_dict
-from clipdro.distributed import any_rank, broadcast_object, init_distributed
-from clipdro.errors import UsageError
+from clipdro.config import OptimConfig, RunConfig, load_config, save_config, to_dict
+from clipdro.distributed import any_rank, broadcast_object, close_distributed, init_distributed
+from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.run_logging import RunLogger
 from clipdro.runtime import autocast_context, parse_device
 
@@ -334,3 +334,28 @@ class RunEngine:
             folder.mkdir(exist_ok=True)
             (folder / f"step_{step:09d}.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=1))
         return metrics
+
+
+def training_command(argv: list[str] | None, *, prog: str, description: str, config_type: type,
+                     train: Callable[..., dict[str, float]], config_help: str,
+                     overrides_help: str) -> tuple[int, dict[str, float]]:
+    """A trainer's command line: ``[--config YAML] [--resume SPEC] [key.sub=value ...]`` -> train.
+
+    Returns (exit status, final metrics): 1 when training stopped on non-finite losses (the last
+    good checkpoint stays), else 0 after every rank has finished and the process group is closed.
+    """
+    parser = UsageArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=None, help=config_help)
+    parser.add_argument("--resume", default=None,
+                        help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = load_config(config_type, args.config, args.overrides)
+    try:
+        metrics = train(config, resume=args.resume)
+    except NonFiniteLossError as error:
+        log.error("%s", error)
+        return 1, {}
+    close_distributed()
+    return 0, metrics

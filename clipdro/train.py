@@ -26,12 +26,18 @@ from typing import Any
 
 import torch
 
-from clipdro.config import EvalConfig, TempNetConfig, TrainConfig, load_config
+from clipdro.config import EvalConfig, TempNetConfig, TrainConfig
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
-from clipdro.distributed import all_gather_no_grad, close_distributed, get_rank, mean_over_ranks, sum_counts
-from clipdro.engine import NonFiniteLossError, RunEngine, StepOutput, TrainingJob, warmup_cosine_lr
-from clipdro.errors import UsageArgumentParser
+from clipdro.distributed import all_gather_no_grad, get_rank, mean_over_ranks, sum_counts
+from clipdro.engine import (
+    NonFiniteLossError,  # noqa: F401  (train() raises it; importable from here)
+    RunEngine,
+    StepOutput,
+    TrainingJob,
+    training_command,
+    warmup_cosine_lr,
+)
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
 from clipdro.losses import loss_class
@@ -217,22 +223,12 @@ class Evaluator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = UsageArgumentParser(prog="clipdro train", description="Train CLIP with TempNets under the DRO loss.")
-    parser.add_argument("--config", default=None, help="YAML config (see configs/); defaults + overrides without it")
-    parser.add_argument("--resume", default=None,
-                        help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 loss.name=clip")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = load_config(TrainConfig, args.config, args.overrides)
-    try:
-        metrics = train(config, resume=args.resume)
-    except NonFiniteLossError as error:
-        log.error("%s", error)
-        return 1
+    status, metrics = training_command(
+        argv, prog="clipdro train", description="Train CLIP with TempNets under the DRO loss.",
+        config_type=TrainConfig, train=train, config_help="YAML config (see configs/); defaults + overrides without it",
+        overrides_help="dotted overrides, e.g. optim.lr=1e-3 loss.name=clip")
     if metrics and get_rank() == 0:
         print("\nfinal evaluation:")
         for name, value in sorted(metrics.items()):
             print(f"  {name:<55} {value:8.4f}")
-    close_distributed()
-    return 0
+    return status

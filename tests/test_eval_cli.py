@@ -51,6 +51,7 @@ def test_retrieval_result_file(result_files, evalset_dir):
     assert set(record["timings"]) == {"embedding_s", "search_s"}
     assert set(record["versions"]) == {"clipdro", "torch", "open_clip", "faiss"}
     assert record["device"] == "cpu" and record["faiss_gpus"] == 0
+    assert record["precision"] == "fp32"  # --precision auto: exact on the CPU
 
 
 def test_zeroshot_result_file(result_files):
@@ -89,6 +90,8 @@ def test_summarize_markdown_and_csv(result_files, tmp_path, capsys):
      "no such file"),
     (["summarize", "/nowhere.json"], "no such result file"),
     (["retrieval", "--data", "{data}"], "--model"),
+    (["retrieval", "--model", "clipdro-tiny-vit", "--data", "{data}", "--device", "gpu0"], "device 'gpu0'"),
+    (["retrieval", "--model", "clipdro-tiny-vit", "--data", "{data}", "--precision", "fp8"], "--precision"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, evalset_dir, capsys):
     argv = [arg.replace("{data}", str(evalset_dir)) for arg in argv]

@@ -1,7 +1,6 @@
 """Losses plug in: a loss registered from outside clipdro trains through the unchanged trainer."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,8 @@ from clipdro.config import TrainConfig, load_config
 from clipdro.errors import UsageError
 from clipdro.losses import CONTRASTIVE_LOSSES, ContrastiveLoss, ContrastiveLossOutput, register_loss
 from clipdro.train import train
-from tests.shard_factory import write_dense
+from tests import test_train
+from tests.test_train import overrides
 
 
 class FixedTauInfoNCE(ContrastiveLoss):
@@ -40,6 +40,9 @@ class FixedTauInfoNCE(ContrastiveLoss):
         return ContrastiveLossOutput(loss=loss, image_tau=taus, text_tau=taus)
 
 
+shards = test_train.shards  # the same fixture: 48 generated samples in shards of 12
+
+
 @pytest.fixture(autouse=True)
 def registered():
     register_loss(FixedTauInfoNCE)
@@ -48,27 +51,14 @@ def registered():
     CONTRASTIVE_LOSSES.pop(FixedTauInfoNCE.name)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    write_dense(folder, count=16, per_shard=8, size=32)
-    return folder
-
-
-def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.sources=[{{shards: {shards}}}]", "data.batch_size=8", "data.num_workers=0",
-            "data.resampled=false", "data.shuffle_buffer=1", "model.train_transform=eval",
-            f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}", "run.log_every=1", *extra]
-
-
 def test_a_registered_loss_trains_with_its_options_and_no_tempnets(shards, tmp_path):
     run_dir = tmp_path / "run"
     config = load_config(TrainConfig, None, overrides(shards, run_dir, f"loss.name={FixedTauInfoNCE.name}",
                                                        "loss.options={tau: 0.2}", "run.epochs=1"))
     train(config)
-    assert FixedTauInfoNCE.calls == 2  # 16 samples, batch 8
+    assert FixedTauInfoNCE.calls == 6  # 48 samples, batch 8
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [record["image_tau_mean"] for record in records if "loss" in record] == pytest.approx([0.2, 0.2])
+    assert [record["image_tau_mean"] for record in records if "loss" in record] == pytest.approx([0.2] * 6)
     assert "tempnet_lr" not in records[-1]  # the loss uses no TempNets, so the model has none
     assert "options:\n    tau: 0.2" in (run_dir / "config.yaml").read_text()
 

@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from clipdro.config import load_config
-from clipdro.distributed import all_gather_no_grad, close_distributed, sum_over_ranks
-from clipdro.engine import NonFiniteLossError, RunEngine, StepOutput, TrainingJob, warmup_cosine_lr
-from clipdro.errors import UsageArgumentParser, UsageError
+from clipdro.distributed import all_gather_no_grad, sum_over_ranks
+from clipdro.engine import RunEngine, StepOutput, TrainingJob, training_command, warmup_cosine_lr
+from clipdro.errors import UsageError
 from clipdro.llm.config import LLMTrainConfig
 from clipdro.llm.data import IGNORE_INDEX, GlobalBatches, load_datasets
 from clipdro.llm.evaluation import evaluate_heldout
@@ -58,14 +57,8 @@ LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "data_s_per_step", "compute_s
 
 def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     """Run (or resume) one LLM TempNet run; returns the last held-out metrics ({} without held-out data)."""
-    # --- start-up checks, before any process group, data or weights ------------------------
-    tokenizer = load_model_tokenizer(config.model)
-    lm_config = resolve_lm_config(config.model, tokenizer)
+    tokenizer, lm_config = check_lm(config)  # before any process group, data or weights
     vocab_size = lm_config.vocab_size
-    check_rho(config.loss.rho, vocab_size, what="token DRO loss (loss.rho vs the LM's vocabulary size V)")
-    positions = max_positions(lm_config)
-    if positions is not None and config.data.seq_len > positions:
-        raise UsageError(f"data.seq_len={config.data.seq_len} exceeds the LM's {positions} positions")
 
     # --- processes, data (input errors surface before the run folder exists) ----------------
     engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS)
@@ -144,6 +137,18 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
     return result.metrics
 
 
+def check_lm(config: LLMTrainConfig):
+    """(tokenizer, transformers config) of the LM, after the start-up checks that need no weights:
+    rho < log V for the LM's output vocabulary V, and data.seq_len within its positions."""
+    tokenizer = load_model_tokenizer(config.model)
+    lm_config = resolve_lm_config(config.model, tokenizer)
+    check_rho(config.loss.rho, lm_config.vocab_size, what="token DRO loss (loss.rho vs the LM's vocabulary size V)")
+    positions = max_positions(lm_config)
+    if positions is not None and config.data.seq_len > positions:
+        raise UsageError(f"data.seq_len={config.data.seq_len} exceeds the LM's {positions} positions")
+    return tokenizer, lm_config
+
+
 def build_optimizer(lm: torch.nn.Module, tempnet: torch.nn.Module, config: LLMTrainConfig) -> torch.optim.AdamW:
     """One AdamW; param groups are named ("lm", "tempnet") so the schedule can address them.
     The LM groups exist in joint mode only; no weight decay on 1-D LM parameters (biases, norms)."""
@@ -165,19 +170,8 @@ def set_group_lrs(optimizer: torch.optim.Optimizer, lm_lr: float, tempnet_lr: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = UsageArgumentParser(prog="clipdro llm train",
-                                 description="Train an LLM TempNet (frozen LM) or LM + TempNet (joint).")
-    parser.add_argument("--config", default=None, help="YAML config (see configs/llm_*.yaml)")
-    parser.add_argument("--resume", default=None,
-                        help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.rho=4.0 mode=joint")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = load_config(LLMTrainConfig, args.config, args.overrides)
-    try:
-        train(config, resume=args.resume)
-    except NonFiniteLossError as error:
-        log.error("%s", error)
-        return 1
-    close_distributed()
-    return 0
+    status, _ = training_command(
+        argv, prog="clipdro llm train", description="Train an LLM TempNet (frozen LM) or LM + TempNet (joint).",
+        config_type=LLMTrainConfig, train=train, config_help="YAML config (see configs/llm_*.yaml)",
+        overrides_help="dotted overrides, e.g. loss.rho=4.0 mode=joint")
+    return status
