@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("clipdro.train")
+log = logging.getLogger("clipdro.run_logging")
 
 
 def tau_summary(prefix: str, tau: torch.Tensor) -> dict[str, float]:
