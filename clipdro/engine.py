@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,18 +42,40 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clipdro.checkpoint import (
     load_checkpoint,
+    remove_stale_temporaries,
     resolve_checkpoint,
     rng_state,
     save_run_checkpoint,
     set_rng_state,
 )
-from clipdro.config import OptimConfig, RunConfig, load_config, save_config, to_dict
+from clipdro.config import OptimConfig, RunConfig, from_dict, load_config, save_config, to_dict
 from clipdro.distributed import any_rank, broadcast_object, close_distributed, init_distributed
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.run_logging import RunLogger
 from clipdro.runtime import autocast_context, parse_device
 
 log = logging.getLogger("clipdro.engine")
+
+
+# Files whose presence means a run folder already holds a run.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
+# Config keys that may differ when a run is resumed: where and how it runs and reports, not what
+# it trains (the schedule, model, data, loss and seeds must match the checkpoint's).
+RESUMABLE_CHANGES = ("run.output_dir", "run.name", "run.device", "run.log_every", "run.checkpoint_every",
+                     "run.keep_last", "run.max_nonfinite_steps", "run.stop_after", "data.num_workers", "eval.")
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE_CHANGES)
+
+
+def _differences(before: Any, after: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, before, after) for every leaf where two nested config dicts differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after)):
+            yield from _differences(before.get(key), after.get(key), f"{prefix}{key}.")
+    elif before != after:
+        yield prefix.rstrip("."), before, after
 
 
 def warmup_cosine_lr(step: int, total_steps: int, optim: OptimConfig) -> float:
@@ -133,21 +156,30 @@ class NonFiniteGuard:
 
 
 class Preemption:
-    """SIGTERM sets a flag; the loop finishes its step, writes a checkpoint and returns."""
+    """SIGTERM or SIGUSR1 sets a flag; the loop finishes its step, writes a checkpoint and returns.
+
+    SIGTERM is what ``timeout``, Kubernetes, torchrun (forwarding its own) and Slurm at the time
+    limit send; SIGUSR1 is Slurm's ``--signal=USR1@N`` warning ahead of it. Data-loader workers
+    ignore both (clipdro.data.pipeline), so a signal to the whole process group reaches this
+    handler without killing the workers the checkpoint needs.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: str | None = None  # the name of the first signal received
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.requested = self.requested or signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -172,18 +204,22 @@ class RunEngine:
 
     ``config`` is the run's whole resolved config (saved as config.yaml and in every checkpoint);
     ``checkpoint_format`` names the payload layout, checked on resume; ``line_keys`` pick the
-    values of the one-line log summary.
+    values of the one-line log summary. ``resume`` is 'latest', a run folder or a checkpoint
+    file; ``overwrite`` replaces an existing run in the run folder (see :meth:`_check_run_folder`).
     """
 
-    def __init__(self, run: RunConfig, config: Any, checkpoint_format: str, line_keys: list[str]):
+    def __init__(self, run: RunConfig, config: Any, checkpoint_format: str, line_keys: list[str],
+                 resume: str | None = None, overwrite: bool = False):
         self.run = run
         self.config = config
         self.checkpoint_format = checkpoint_format
         self.line_keys = line_keys
+        self.resume, self.overwrite = resume, overwrite
         self.context = init_distributed()
         self.device = parse_device(run.device, self.context.local_rank)
         # Without a name, rank 0's start time names the folder on every rank.
         self.run_dir = Path(run.output_dir) / broadcast_object(run.name or time.strftime("%Y%m%d-%H%M%S"))
+        self._check_run_folder()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.precision == "amp")
         self.nonfinite = NonFiniteGuard(run.max_nonfinite_steps)
         self.logger: RunLogger | None = None
@@ -201,10 +237,10 @@ class RunEngine:
 
     # ------------------------------------------------------------------------- the run
 
-    def fit(self, job: TrainingJob, resume: str | None = None) -> RunResult:
-        """Restore (``resume``: 'latest', a run folder or a checkpoint file) or seed, then train."""
-        step = self._restore(job, resume) if resume is not None else self._fresh_start()
-        self._open_run_folder(job)
+    def fit(self, job: TrainingJob) -> RunResult:
+        """Restore (the engine's ``resume``) or seed, open the run folder, then train."""
+        step = self._restore(job, self.resume) if self.resume is not None else self._fresh_start()
+        self._open_run_folder(job, step)
         stop_after = job.total_steps if self.run.stop_after is None else min(job.total_steps, self.run.stop_after)
         steps_per_epoch = len(job.batches)
         metrics = self._evaluate(job, step) if job.evaluate_at_start and step == 0 else {}
@@ -243,8 +279,9 @@ class RunEngine:
                         self._checkpoint(job, step)
                     if job.evaluate_every and step % job.evaluate_every == 0 and step < stop_after:
                         metrics = self._evaluate(job, step)
-                    if any_rank(preemption.requested, self.device):
-                        log.warning("SIGTERM received: checkpoint at step %d and exit", step)
+                    if any_rank(preemption.requested is not None, self.device):
+                        log.warning("%s received: checkpoint at step %d and exit", preemption.requested or "a signal "
+                                    "on another rank", step)
                         self._checkpoint(job, step)
                         return RunResult(step, metrics, preempted=True, completed=False)
             self._checkpoint(job, step)
@@ -288,6 +325,7 @@ class RunEngine:
         state = load_checkpoint(path, map_location=self.device)
         if state.get("format") != self.checkpoint_format:
             raise UsageError(f"{path}: not a {self.checkpoint_format} checkpoint (format {state.get('format')!r})")
+        self._check_resumed_config(path, state["config"])
         for name, part in job.parts.items():
             if part is not None:
                 part.load_state_dict(state[name])
@@ -298,10 +336,45 @@ class RunEngine:
         log.info("resumed from %s at step %d", path, state["step"])
         return state["step"]
 
-    def _open_run_folder(self, job: TrainingJob) -> None:
-        self.logger = RunLogger(self.run_dir, enabled=self.context.is_main, line_keys=self.line_keys)
+    def _check_run_folder(self) -> None:
+        """The run-folder policy: a folder that already holds a run is continued (``resume``),
+        replaced (``overwrite``, cleared when training starts) or refused, never mixed with a new run."""
+        holds_run = self.context.is_main and any((self.run_dir / name).exists() for name in RUN_FILES)
+        if broadcast_object(holds_run) and self.resume is None and not self.overwrite:
+            raise UsageError(f"{self.run_dir} already holds a run: continue it with --resume latest, choose "
+                             f"another run.name, or replace it with --overwrite")
+
+    def _check_resumed_config(self, path: Path, saved: dict) -> None:
+        """Resuming must continue the same run: the checkpoint's config and this one may differ only
+        in keys that do not change what is trained (RESUMABLE_CHANGES)."""
+        try:
+            saved = to_dict(from_dict(type(self.config), saved))  # options added since then take defaults
+        except UsageError as error:
+            raise UsageError(f"{path}: its config no longer loads ({error})") from None
+        changes = [f"{key} {before!r} -> {after!r}" for key, before, after in
+                   _differences(saved, to_dict(self.config)) if not _resumable(key)]
+        if changes:
+            raise UsageError(f"resuming {path} with a changed config ({'; '.join(changes[:3])}"
+                             f"{f'; {len(changes) - 3} more' if len(changes) > 3 else ''}): resume with the "
+                             f"run's own config, or start a new run (another run.name)")
+
+    def _open_run_folder(self, job: TrainingJob, step: int) -> None:
+        if self.context.is_main:
+            if self.overwrite and self.resume is None and self.run_dir.exists():
+                log.warning("--overwrite: removing the run in %s", self.run_dir)
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temporaries(self.run_dir):
+                log.warning("removed %s, a checkpoint write a crash interrupted", stale)
+        resumed_at = step if self.resume is not None else None
+        self.logger = RunLogger(self.run_dir, enabled=self.context.is_main, line_keys=self.line_keys,
+                                resumed_at=resumed_at)
         if self.context.is_main:
             save_config(self.config, self.run_dir / "config.yaml")
+            if resumed_at is not None:  # evaluations after the checkpoint are redone, like the steps
+                for record in (self.run_dir / "eval").glob("step_*.json"):
+                    if int(record.stem.removeprefix("step_")) > resumed_at:
+                        record.unlink()
         log.info("run folder %s, %d process(es), device %s, precision %s", self.run_dir, self.context.world_size,
                  self.device, self.run.precision)
         for line in job.description:
@@ -348,12 +421,14 @@ def training_command(argv: list[str] | None, *, prog: str, description: str, con
     parser.add_argument("--config", default=None, help=config_help)
     parser.add_argument("--resume", default=None,
                         help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in output_dir/name (by default such a folder is refused)")
     parser.add_argument("overrides", nargs="*", help=overrides_help)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(config_type, args.config, args.overrides)
     try:
-        metrics = train(config, resume=args.resume)
+        metrics = train(config, resume=args.resume, overwrite=args.overwrite)
     except NonFiniteLossError as error:
         log.error("%s", error)
         return 1, {}

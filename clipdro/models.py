@@ -127,21 +127,43 @@ class TrainedRun:
         return self.config["loss"]["name"]
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" (factory.py logs
+    it with ``logging.warning``, i.e. on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("No pretrained weights loaded for model")
+                    and message.endswith("Model initialized randomly."))
+
+
 def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
     """A clipdro training checkpoint (file or run folder, newest) -> :class:`TrainedRun`.
 
     The open_clip model is rebuilt from the name in the checkpoint's config (without downloading
     pretrained weights: the checkpoint has them all), then the TempNets if the run had them.
+    open_clip's "initialized randomly" warning is silenced for that build only: it is false here,
+    the checkpoint's weights are loaded right after.
     """
     from clipdro.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location="cpu")
-    config = state["config"]
+    config, weights = state.get("config"), state.get("model")
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and "name" in config["model"]
+            and isinstance(weights, dict) and any(key.startswith("clip.") for key in weights) and "step" in state):
+        # e.g. an LLM run's checkpoint or an exported TempNets file
+        raise UsageError(f"{path}: not a clipdro CLIP training checkpoint (format {state.get('format')!r})")
     model_config = config["model"]
     # Every weight comes from the checkpoint: no pretrained tag, no base tower weights to download.
-    clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None, pretrained_image=False,
-                                                     pretrained_text=False, device="cpu")
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None,
+                                                         pretrained_image=False, pretrained_text=False,
+                                                         device="cpu")
+    finally:
+        logging.getLogger().removeFilter(quiet)
     tempnets = (None, None)
     if any(key.startswith("image_tempnet.") for key in state["model"]):
         tempnets = build_tempnets(model_config["name"], from_dict(TempNetConfig, config["tempnet"]),

@@ -37,9 +37,14 @@ def format_values(record: dict[str, Any], keys: list[str]) -> str:
 
 
 class RunLogger:
-    """Rank 0's log files for one run; ``line_keys`` picks what the one-line summary shows."""
+    """Rank 0's log files for one run; ``line_keys`` picks what the one-line summary shows.
 
-    def __init__(self, run_dir: Path, enabled: bool, line_keys: list[str]):
+    ``resumed_at``: the step a resumed run continues from. Records after it (steps the
+    interrupted invocation took past its last checkpoint, which are now taken again) are dropped
+    from metrics.jsonl and TensorBoard, so every step appears once.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, line_keys: list[str], resumed_at: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.line_keys = line_keys
@@ -54,10 +59,16 @@ class RunLogger:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logging.getLogger("clipdro").addHandler(handler)
             self._file_handler = handler
-            self._metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            metrics_path = self.run_dir / "metrics.jsonl"
+            if resumed_at is not None and metrics_path.exists():
+                kept = [line for line in metrics_path.read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line)["step"] <= resumed_at]
+                metrics_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            self._metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                              purge_step=None if resumed_at is None else resumed_at + 1)
 
     def start_window(self, step: int) -> None:
         self._window = {"start": time.perf_counter(), "data": 0.0, "compute": 0.0, "samples": 0, "steps": 0}

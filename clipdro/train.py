@@ -29,7 +29,7 @@ import torch
 from clipdro.config import EvalConfig, TempNetConfig, TrainConfig
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
-from clipdro.distributed import all_gather_no_grad, get_rank, mean_over_ranks, sum_counts
+from clipdro.distributed import all_gather_no_grad, broadcast_object, get_rank, mean_over_ranks, sum_counts
 from clipdro.engine import (
     NonFiniteLossError,  # noqa: F401  (train() raises it; importable from here)
     RunEngine,
@@ -38,6 +38,7 @@ from clipdro.engine import (
     training_command,
     warmup_cosine_lr,
 )
+from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
 from clipdro.losses import loss_class
@@ -52,9 +53,9 @@ LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "samples_per_s_per_device", "
                  "text_tau_mean", "text_tau_min", "text_tau_max", "nonfinite_steps", "skipped_samples"]
 
 
-def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) one training run; returns the final evaluation metrics ({} without evaluation sets)."""
-    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS)
+    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite)
     device = engine.device
 
     # --- model and TempNets: identical initial weights on every rank (same seed) ----------
@@ -115,7 +116,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         description=[f"{total_steps} steps ({config.run.epochs} epochs x {steps_per_epoch}), global batch "
                      f"{global_batch}, loss {config.loss.name}, {loader.dataset.num_samples} samples in the "
                      f"per-sample tables"])
-    return engine.fit(job, resume).metrics
+    return engine.fit(job).metrics
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -188,7 +189,8 @@ class Evaluator:
 
     Every rank calls :meth:`run`: each embeds its share of the images and captions and the
     features are gathered, so the metrics are identical everywhere; rank 0 logs them. The
-    embeddings use the run's own precision.
+    embeddings use the run's own precision. Every image is decoded once at start-up, so an
+    unreadable one stops the run before training (exit 2, naming the file).
     """
 
     def __init__(self, config: EvalConfig, model: CLIPWithTempNets, preprocess, tokenizer, device: torch.device,
@@ -203,6 +205,22 @@ class Evaluator:
             classnames = resolve_classnames("evalset", evalset)
             templates = resolve_templates(default_template_source(evalset), evalset)
             self.zeroshot_sets.append((evalset, classnames, templates))
+        # Every image decodes, or the run stops here naming it, not after all of its training.
+        # Rank 0 reads them; every rank raises its verdict, so no rank goes on alone.
+        problem = None
+        if get_rank() == 0:
+            try:
+                for evalset in {evalset.root: evalset for evalset in self.evalsets()}.values():  # each folder once
+                    evalset.check_images()
+            except UsageError as error:
+                problem = str(error)
+        problem = broadcast_object(problem)
+        if problem is not None:
+            raise UsageError(problem)
+
+    def evalsets(self) -> list[EvalSet]:
+        """Every configured evaluation set (retrieval first)."""
+        return [*self.retrieval_sets, *(evalset for evalset, _, _ in self.zeroshot_sets)]
 
     @property
     def enabled(self) -> bool:

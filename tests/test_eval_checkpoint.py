@@ -1,8 +1,11 @@
 """`clipdro eval retrieval|zeroshot --checkpoint RUN`: a tiny trained run evaluated end to end."""
 
 import json
+import logging
 
+import open_clip
 import pytest
+import torch
 
 from clipdro.cli import main
 from clipdro.eval.embed import embed_texts
@@ -54,3 +57,34 @@ def test_bad_checkpoint_arguments_exit_2(argv, message, tempnet_run, evalset_dir
     assert main(["eval", "retrieval", "--data", str(evalset_dir), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "weights"])
+def test_a_file_that_is_not_a_checkpoint_exits_2_naming_it(kind, tempnet_run, evalset_dir, tmp_path, capsys):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        path.write_text("model: clipdro-tiny-vit\n")
+    elif kind == "truncated":
+        data = (tempnet_run.run_dir / "checkpoints" / "step_000000006.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a dict with a format but not a training run (e.g. `clipdro export --tempnets`)
+        torch.save({"format": "clipdro-tempnets/1", "image_tempnet": {}}, path)
+    assert main(["eval", "retrieval", "--checkpoint", str(path), "--data", str(evalset_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"clipdro eval: error: {path}: not a clipdro")
+
+
+def _random_init_warnings(records):
+    return [r for r in records if "No pretrained weights loaded" in r.getMessage()]
+
+
+def test_loading_a_run_does_not_claim_random_weights(tempnet_run, caplog):
+    with caplog.at_level(logging.WARNING):
+        load_trained_run(tempnet_run.run_dir)
+    assert _random_init_warnings(caplog.records) == []
+    # The filter is gone afterwards: a genuinely random model still says so.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model_and_transforms("clipdro-tiny-vit")
+    assert len(_random_init_warnings(caplog.records)) == 1
+    assert logging.getLogger().filters == []

@@ -99,3 +99,31 @@ def test_bad_input_exits_2_with_one_line(argv, message, evalset_dir, capsys):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("clipdro eval: error: ")
 
+
+
+def write_set_with_a_truncated_jpeg(root):
+    """The 8-image set of this module, image 5 a JPEG cut to half its bytes."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    names = [f"images/{i}.png" for i in range(8)]
+    names[5] = "images/5.jpg"
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / name)
+    data = (root / names[5]).read_bytes()
+    (root / names[5]).write_bytes(data[: len(data) // 2])
+    EvalSet(root=root, name="cut", images=names, captions=[[f"picture {i}"] for i in range(8)],
+            labels=[i % 2 for i in range(8)], classnames=["a", "b"]).save()
+    return root
+
+
+@pytest.mark.parametrize("task, workers", [("retrieval", "0"), ("retrieval", "2"), ("zeroshot", "2")])
+def test_a_truncated_image_is_named_in_one_line(task, workers, tmp_path, capsys):
+    data = write_set_with_a_truncated_jpeg(tmp_path / "set")
+    argv = ["eval", task, "--model", "clipdro-tiny-vit", "--data", str(data), "--device", "cpu",
+            "--batch-size", "3", "--workers", workers]
+    if task == "zeroshot":
+        argv += ["--templates", "simple"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("clipdro eval: error: 1 unreadable image in evaluation set 'cut'")
+    assert "images/5.jpg (" in err

@@ -135,3 +135,58 @@ def test_classifier_columns_and_zeroshot_run_with_known_features(tmp_path):
     assert result.metrics["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert set(result.timings) == {"classifier_s", "embedding_s", "search_s"}
     assert result.sizes == {"num_images": 4, "num_classes": 3}
+
+
+def _imagefolder(root, classes=("n02", "n01", "n03")):
+    for classname in classes:
+        (root / classname).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / classname / "0.png")
+    return load_labelled_set(root)
+
+
+def test_tab_classname_file_maps_folders_whatever_the_line_order(tmp_path):
+    evalset = _imagefolder(tmp_path / "val")  # classes in sorted folder order: n01, n02, n03
+    names = tmp_path / "names.tsv"
+    names.write_text("n03\tgoldfish\nn01\ttench, Tinca tinca\n\n n02 \t great white shark \n")
+    assert resolve_classnames(str(names), evalset) == ["tench, Tinca tinca", "great white shark", "goldfish"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("n01\ttench\nn02\tshark\n", r"names\.tsv: 1 class folder\(s\) of 'val' missing from the file \(n03\)"),
+    ("n01\ttench\nn02\tshark\nn03\tfish\nn09\tcat\n", r"1 folder\(s\) in the file unknown to 'val' \(n09\)"),
+    ("n01\ttench\nn01\tagain\n", r"names\.tsv:2: folder 'n01' is listed twice"),
+    ("n01\t\nn02\tshark\nn03\tfish\n", r"names\.tsv:1: empty folder or class name"),
+])
+def test_tab_classname_file_refuses_missing_and_unknown_folders(tmp_path, content, message):
+    evalset = _imagefolder(tmp_path / "val")
+    names = tmp_path / "names.tsv"
+    names.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        resolve_classnames(str(names), evalset)
+
+
+@pytest.mark.parametrize("content, line", [
+    ("tench\nn02\tshark\ngoldfish\n", 2),   # some lines tabbed, some not
+    ("n01\ttench\tfish\nn02\tshark\nn03\tgold\n", 1),  # two TABs on a line
+])
+def test_mixed_classname_files_are_refused_with_the_line(tmp_path, content, line):
+    evalset = _imagefolder(tmp_path / "val")
+    names = tmp_path / "names.txt"
+    names.write_text(content)
+    with pytest.raises(UsageError, match=rf"names\.txt:{line}: .*TAB"):
+        resolve_classnames(str(names), evalset)
+
+
+def test_tab_classname_file_on_an_eval_json_set_uses_the_image_folders(tmp_path):
+    # convert-imagefolder writes absolute image paths .../<synset>/x.JPEG and readable class names.
+    images = [str(tmp_path / "val" / folder / "0.JPEG") for folder in ("n01", "n02")]
+    evalset = EvalSet(root=tmp_path / "set", name="imagenet-val", images=images, labels=[0, 1],
+                      classnames=["tench", "goldfish"])
+    names = tmp_path / "names.tsv"
+    names.write_text("n02\tgold fish\nn01\tthe tench\n")
+    assert resolve_classnames(str(names), evalset) == ["the tench", "gold fish"]
+    # A set whose classes share one image folder has no folder per class to match.
+    shared = EvalSet(root=tmp_path, name="flat", images=["images/0.png", "images/1.png"], labels=[0, 1],
+                     classnames=["a", "b"])
+    with pytest.raises(UsageError, match="share an image folder"):
+        resolve_classnames(str(names), shared)

@@ -23,13 +23,49 @@ def _from_csv(args: argparse.Namespace) -> None:
           f"skipped rows: {dict(skipped) or 'none'}")
 
 
+# Bytes one id costs in the per-sample tables of the tempnet loss (clipdro/losses/contrastive.py,
+# clipdro/state.py): an image and a text SampleTable, each 2 float32 columns (s, b) + a bool seen flag.
+TEMPNET_TABLE_BYTES_PER_ID = 2 * (2 * 4 + 1)
+
+
 def _index(args: argparse.Namespace) -> None:
     from clipdro.data.index import index_shards
 
-    manifest = index_shards(args.shards, args.out)
-    counted = sum(shard.num_samples for shard in manifest.shards)
-    print(f"{args.out}: {len(manifest.shards)} shards, {counted} samples, id rule key, "
-          f"num_samples {manifest.num_samples} ({manifest.num_samples - counted} unused ids from gaps)")
+    result = index_shards(args.shards, args.out)
+    for line in index_summary(result):
+        print(line)
+
+
+def index_summary(result) -> list[str]:
+    """What `clipdro data index` prints: the totals, where the unused ids come from and what they
+    cost, then one line per damaged shard. ``result`` is :class:`clipdro.data.index.ShardIndex`."""
+    manifest = result.manifest
+    counted = result.samples
+    unused = manifest.num_samples - counted
+    if result.rows_tried is not None:  # stats: rows tried vs written tells gaps from the layout
+        layout = manifest.num_samples - result.rows_tried
+        rows = f"at most {result.max_rows}" if result.max_rows < 10**result.key_digits else str(result.max_rows)
+        causes = (f"{layout} reserved by the key layout, which gives each shard {10**result.key_digits} ids "
+                  f"for {rows} rows; failed downloads leave {result.failed_downloads} gaps")
+        if result.unreadable_rows:
+            causes += f"; {result.unreadable_rows} rows of unreadable shards"
+    else:
+        causes = "ids not present in the shards: failed downloads or the key layout"
+        if result.damaged:
+            causes += ", or lost in damaged shards"
+    megabytes = manifest.num_samples * TEMPNET_TABLE_BYTES_PER_ID / 1e6
+    lines = [f"{result.out}: {len(manifest.shards)} shards, {counted} samples, id rule key ({result.source}); "
+             f"num_samples {manifest.num_samples}: {counted} samples, {unused} ids unused ({causes}); "
+             f"the per-sample tables hold num_samples rows ({megabytes:.3g} MB at float32 for the tempnet loss: "
+             f"{TEMPNET_TABLE_BYTES_PER_ID} bytes per id)"]
+    if result.damaged:
+        lines.append(f"{len(result.damaged)} damaged shard(s); training skips what cannot be read:")
+        for shard in result.damaged:
+            fate = (f"{shard.num_samples} sample{'s' * (shard.num_samples != 1)} read before the damage"
+                    if shard.num_samples
+                    else "nothing readable, left out of the manifest")
+            lines.append(f"  {shard.path}: {fate} ({shard.reason})")
+    return lines
 
 
 def _report(evalset) -> None:

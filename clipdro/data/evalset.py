@@ -20,6 +20,7 @@ CLIP_benchmark WebDataset retrieval sets and ImageFolder trees.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,34 @@ class EvalSet:
     def image_path(self, index: int) -> Path:
         path = Path(self.images[index])
         return path if path.is_absolute() else self.root / path
+
+    @property
+    def description(self) -> str:
+        """How error messages name the set: its name and folder (image paths are relative to it)."""
+        return f"evaluation set {self.name!r} at {self.root}"
+
+    def check_images(self, workers: int | None = None) -> None:
+        """Decode every image once (no model); raise one :class:`UsageError` naming the first
+        unreadable ones (as listed in ``images``), PIL's reasons and how many there are.
+
+        Decoding runs in ``workers`` threads (default: up to 8; PIL releases the GIL while it
+        decodes). Local to this process: no collective, so any rank may call it alone."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from clipdro.eval.embed import UnreadableImage, load_image, unreadable_images_error
+
+        def failure(index: int) -> tuple[str, str] | None:
+            try:
+                load_image(self.image_path(index)).close()
+            except UnreadableImage as error:
+                return self.images[index], error.reason
+            return None
+
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            failures = [found for found in pool.map(failure, range(len(self.images))) if found is not None]
+        if failures:
+            raise unreadable_images_error(failures, self.description)
 
     @property
     def has_captions(self) -> bool:

@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import random
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -422,6 +423,16 @@ def _decode_image(sample: dict) -> Image.Image:
         raise _Skip("bad_image") from None
 
 
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM and SIGUSR1. A cluster (Slurm, Kubernetes, ``timeout``,
+    torchrun) signals the whole process group; the main process then finishes its step and
+    writes a checkpoint (clipdro.engine.Preemption), which needs the workers alive until it
+    shuts them down. (torch's own worker handler would die on a SIGTERM not sent by the parent.)
+    Workers still exit when the main process ends, or dies, as usual."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class ShardLoader(DataLoader):
     """A torch DataLoader over a :class:`ShardStream` that yields :class:`TrainBatch` es.
 
@@ -434,7 +445,7 @@ class ShardLoader(DataLoader):
         # A private generator: the DataLoader draws its worker base seed from it instead of
         # the global RNG, which the trainer owns (our streams are seeded on their own).
         super().__init__(stream, batch_size=None, num_workers=stream.config.num_workers,
-                         pin_memory=pin_memory, persistent_workers=False,
+                         pin_memory=pin_memory, persistent_workers=False, worker_init_fn=_ignore_preemption_signals,
                          generator=torch.Generator().manual_seed(stream.config.seed))
         self.epoch = 0
         self.batches_done = 0

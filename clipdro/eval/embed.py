@@ -6,12 +6,20 @@ embeds one contiguous shard and the shards are all-gathered in rank order, so ev
 ends with the same full matrix (the collective runs on ``device``: CUDA tensors for NCCL).
 ``precision`` is :mod:`clipdro.runtime`'s: ``auto`` (the default) uses bf16 autocast on CUDA
 where supported, else fp16, and stays fp32 on the CPU; training passes its ``run.precision``.
+
+Images are decoded by :func:`load_image`. An image that does not decode (truncated, not an
+image, a decompression bomb, missing) is the user's input, not a bug: the dataset returns the
+failure instead of raising (an exception in a DataLoader worker would come back as a
+multi-line traceback), :func:`embed_images` still decodes the rest, and after the pass every
+rank raises the same one-line :class:`~clipdro.errors.UsageError` naming the first few
+unreadable images and their count (the failures of all ranks are gathered first).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,8 +28,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from clipdro.distributed import gather_shards, shard_bounds
+from clipdro.distributed import gather_objects, gather_shards, shard_bounds
+from clipdro.errors import UsageError
 from clipdro.runtime import autocast_context
+
+# What PIL raises for bytes that are not a (complete, sane) image: OSError covers truncated
+# files, UnidentifiedImageError and missing files; the others come from individual plugins.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
+                 Image.DecompressionBombError)
+# How many unreadable images an error message names (the count covers them all).
+NAMED_FAILURES = 3
 
 
 def embed_images(
@@ -32,14 +48,36 @@ def embed_images(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     precision: str = "auto",
+    *,
+    names: Sequence[str] | None = None,
+    where: str | None = None,
 ) -> torch.Tensor:
     """[len(paths), D] normalised image features; images are decoded as RGB and preprocessed.
 
-    An item of ``paths`` is an image file or the encoded bytes of one (images read from shards)."""
+    An item of ``paths`` is an image file or the encoded bytes of one (images read from shards).
+    Unreadable images raise one :class:`UsageError` after the pass (on every rank), naming them
+    by ``names`` (default: the path, or "image N of the set" for bytes) and the set by ``where``
+    (default: the images' common folder)."""
     start, stop = shard_bounds(len(paths))
-    loader = DataLoader(_ImageFiles(paths[start:stop], preprocess), batch_size=batch_size,
-                        num_workers=num_workers, shuffle=False)
-    return _encode(model, model.encode_image, loader, len(paths), device, precision)
+    loader = DataLoader(_ImageFiles(paths[start:stop], preprocess, offset=start), batch_size=batch_size,
+                        num_workers=num_workers, shuffle=False, collate_fn=_collate_images)
+    failures: list[tuple[int, str]] = []  # (index into paths, PIL's reason), this rank's shard
+
+    def batches() -> Iterator[torch.Tensor]:
+        for images, batch_failures in loader:
+            failures.extend(batch_failures)
+            # After a failure the features are discarded: keep decoding (to name every bad
+            # image) but stop running the model.
+            if not failures and images is not None:
+                yield images
+
+    local = _encode_local(model, model.encode_image, batches(), device, precision)
+    # Every rank must take the same branch: gather the failures before deciding to raise.
+    everyone = sorted(failure for rank_failures in gather_objects(failures) for failure in rank_failures)
+    if everyone:
+        described = [(_describe(paths, index, names), reason) for index, reason in everyone]
+        raise unreadable_images_error(described, where or _common_folder(paths))
+    return gather_shards(local, len(paths)).cpu()
 
 
 def embed_texts(
@@ -54,7 +92,50 @@ def embed_texts(
     start, stop = shard_bounds(len(texts))
     shard = list(texts[start:stop])
     batches = (tokenizer(shard[i:i + batch_size]) for i in range(0, len(shard), batch_size))
-    return _encode(model, model.encode_text, batches, len(texts), device, precision)
+    return gather_shards(_encode_local(model, model.encode_text, batches, device, precision), len(texts)).cpu()
+
+
+def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """The image at ``source`` (a file, or the encoded bytes of one), fully decoded, as RGB.
+
+    Any decode failure (truncated or damaged data, not an image, a decompression bomb, a missing
+    file) raises :class:`UsageError` naming ``name`` (default: the path, or "encoded image" for
+    bytes) and PIL's reason."""
+    try:
+        return _decode(source)
+    except DECODE_ERRORS as error:
+        label = name or (str(source) if not isinstance(source, bytes) else "encoded image")
+        raise UnreadableImage(label, decode_failure(error)) from None
+
+
+class UnreadableImage(UsageError):
+    """:func:`load_image`'s error: ``name`` and PIL's ``reason`` are kept for summaries."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: unreadable image ({reason})")
+        self.name = name
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.name, self.reason)
+
+
+def decode_failure(error: BaseException) -> str:
+    """PIL's reason for a decode failure, short and on one line (no repeated path or object repr)."""
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image PIL can identify"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # FileNotFoundError & co.: the path is named by the caller
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def unreadable_images_error(failures: Sequence[tuple[str, str]], where: str) -> UsageError:
+    """One line: ``N unreadable image(s) in WHERE: a.jpg (reason), b.png (reason), ...``."""
+    named = ", ".join(f"{name} ({reason})" for name, reason in failures[:NAMED_FAILURES])
+    more = f", ... ({len(failures) - NAMED_FAILURES} more)" if len(failures) > NAMED_FAILURES else ""
+    noun = "image" if len(failures) == 1 else "images"
+    return UsageError(f"{len(failures)} unreadable {noun} in {where}: {named}{more}")
 
 
 @contextlib.contextmanager
@@ -71,27 +152,58 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[str | Path | bytes], preprocess: Callable[[Image.Image], torch.Tensor]):
+    """Decoded, preprocessed images; a decode failure comes back as ``(index, None, reason)``."""
+
+    def __init__(self, paths: Sequence[str | Path | bytes], preprocess: Callable[[Image.Image], torch.Tensor],
+                 offset: int = 0):
         self.paths = list(paths)
         self.preprocess = preprocess
+        self.offset = offset  # index of paths[0] in the whole set (this rank's shard start)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        source = self.paths[index]
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            return self.preprocess(image.convert("RGB"))
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = _decode(self.paths[index])
+        except DECODE_ERRORS as error:
+            return self.offset + index, None, decode_failure(error)
+        # Errors in the transform are bugs, not bad input: they propagate.
+        return self.offset + index, self.preprocess(image), None
 
 
-def _encode(model: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor],
-            batches: Iterator[torch.Tensor] | DataLoader, total: int,
-            device: str | torch.device, precision: str) -> torch.Tensor:
-    """Run ``encoder`` (a method of ``model``) on this rank's batches, normalise, gather ranks in order."""
+def _decode(source: str | Path | bytes) -> Image.Image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        image.load()  # decode everything now: truncation shows here, not in the transform
+        return image.convert("RGB")
+
+
+def _collate_images(items: list[tuple[int, torch.Tensor | None, str | None]]
+                    ) -> tuple[torch.Tensor | None, list[tuple[int, str]]]:
+    """(stacked decoded images or None, [(index, reason) of the failures]) of one batch."""
+    images = [image for _, image, _ in items if image is not None]
+    failures = [(index, reason) for index, image, reason in items if image is None]
+    return (torch.stack(images) if images else None), failures
+
+
+def _describe(paths: Sequence[str | Path | bytes], index: int, names: Sequence[str] | None) -> str:
+    if names is not None:
+        return str(names[index])
+    source = paths[index]
+    return f"image {index} of the set" if isinstance(source, bytes) else str(source)
+
+
+def _common_folder(paths: Sequence[str | Path | bytes]) -> str:
+    folders = {str(Path(source).parent) for source in paths if not isinstance(source, bytes)}
+    return folders.pop() if len(folders) == 1 else "the evaluation images"
+
+
+def _encode_local(model: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor],
+                  batches: Iterator[torch.Tensor], device: str | torch.device, precision: str) -> torch.Tensor:
+    """Run ``encoder`` (a method of ``model``) on this rank's batches and normalise (no collective)."""
     device = torch.device(device)
     features = []
     with inference_mode(model), autocast_context(precision, device):
         for batch in batches:
             features.append(F.normalize(encoder(batch.to(device)).float(), dim=-1))
-    local = torch.cat(features) if features else torch.empty(0, 0, device=device)
-    return gather_shards(local, total).cpu()
+    return torch.cat(features) if features else torch.empty(0, 0, device=device)

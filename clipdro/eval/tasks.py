@@ -47,7 +47,8 @@ def evaluate_retrieval(
     texts, text_to_image = evalset.flat_captions()  # raises UsageError for a set without captions
     paths = [evalset.image_path(i) for i in range(len(evalset.images))]
     started = time.perf_counter()
-    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision)
+    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision,
+                                  names=evalset.images, where=evalset.description)
     text_features = embed_texts(model, tokenizer, texts, batch_size, device, precision)
     embedded = time.perf_counter()
     metrics = retrieval_metrics(image_features, text_features, text_to_image, ks, exact_ranks=exact_ranks)
@@ -76,7 +77,8 @@ def evaluate_zeroshot(
     started = time.perf_counter()
     classifier = build_classifier(model, tokenizer, classnames, templates, device, precision=precision)
     built = time.perf_counter()
-    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision)
+    image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision,
+                                  names=evalset.images, where=evalset.description)
     embedded = time.perf_counter()
     metrics = zeroshot_metrics(image_features @ classifier.cpu(), evalset.labels)
     scored = time.perf_counter()

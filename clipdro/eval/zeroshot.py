@@ -47,17 +47,109 @@ def load_labelled_set(path: str | Path) -> EvalSet:
 
 
 def resolve_classnames(source: str, evalset: EvalSet) -> list[str]:
-    """``evalset`` (the set's own names), ``imagenet`` (open_clip's 1000) or a text file, one per line."""
+    """``evalset`` (the set's own names), ``imagenet`` (open_clip's 1000) or a text file.
+
+    The file is either one name per line, in label order, or ``folder<TAB>name`` on every line,
+    matched to the set's class folders (:func:`class_folders`) whatever the line order."""
     if source == "evalset":
         classnames = list(evalset.classnames)
     elif source == "imagenet":
         classnames = list(open_clip.IMAGENET_CLASSNAMES)
     else:
-        classnames = read_lines(source)
+        classnames = read_classnames(source, evalset)
     largest_label = max(evalset.labels)
     if largest_label >= len(classnames):
         raise UsageError(f"label {largest_label} has no class name ({len(classnames)} names from {source})")
     return classnames
+
+
+def read_classnames(path: str | Path, evalset: EvalSet) -> list[str]:
+    """The class names a ``--classnames FILE`` gives ``evalset``'s classes, in label order.
+
+    A file whose every non-empty line holds exactly one TAB is ``folder<TAB>readable name``: each
+    of the set's class folders must appear once, and no other folder may. Otherwise the file is
+    one name per line in label order, and a TAB inside a name (a half-converted file) is refused."""
+    path = Path(path)
+    numbered = _numbered_lines(path)
+    if all(text.count("\t") == 1 for _, text in numbered):
+        return _names_by_folder(path, numbered, evalset)
+    tabbed = next(((number, text) for number, text in numbered if "\t" in text), None)
+    if tabbed is not None:
+        number, text = tabbed
+        raise UsageError(f"{path}:{number}: {text.count(chr(9))} TAB(s) in a class name; use one name per line, "
+                         "or 'folder<TAB>name' with exactly one TAB on every line")
+    return [text for _, text in numbered]
+
+
+def class_folders(evalset: EvalSet) -> list[str]:
+    """The folder name of each class of ``evalset``, in label order.
+
+    An ImageFolder tree (and any set whose image paths start with their class name) has the
+    class names as folders; otherwise each class's images must share one parent folder
+    (``convert-imagefolder`` sets: ``.../n01440764/x.JPEG``), distinct between classes."""
+    classnames = list(evalset.classnames or [])
+    labels = evalset.labels or []
+    if all(not Path(image).is_absolute() and Path(image).parts[0] == classnames[label]
+           for image, label in zip(evalset.images, labels, strict=True)):
+        return classnames
+    parents: list[set[str]] = [set() for _ in classnames]
+    for image, label in zip(evalset.images, labels, strict=True):
+        parents[label].add(Path(image).parent.name)
+    folders = []
+    for label, found in enumerate(parents):
+        if len(found) != 1:
+            why = "no images" if not found else f"images in {len(found)} folders"
+            raise UsageError(f"evaluation set {evalset.name!r}: class {classnames[label]!r} has {why}, so a "
+                             "'folder<TAB>name' class-name file cannot be matched to it")
+        folders.append(found.pop())
+    if len(set(folders)) != len(folders):
+        raise UsageError(f"evaluation set {evalset.name!r}: several classes share an image folder, so a "
+                         "'folder<TAB>name' class-name file cannot be matched to it")
+    return folders
+
+
+def _names_by_folder(path: Path, numbered: list[tuple[int, str]], evalset: EvalSet) -> list[str]:
+    by_folder: dict[str, str] = {}
+    for number, text in numbered:
+        folder, name = (part.strip() for part in text.split("\t"))
+        if not folder or not name:
+            raise UsageError(f"{path}:{number}: empty folder or class name around the TAB")
+        if folder in by_folder:
+            raise UsageError(f"{path}:{number}: folder {folder!r} is listed twice")
+        by_folder[folder] = name
+    folders = class_folders(evalset)
+    missing = [folder for folder in folders if folder not in by_folder]
+    unknown = [folder for folder in by_folder if folder not in set(folders)]
+    if missing or unknown:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} class folder(s) of {evalset.name!r} missing from the file "
+                            f"({_some(missing)})")
+        if unknown:
+            problems.append(f"{len(unknown)} folder(s) in the file unknown to {evalset.name!r} ({_some(unknown)})")
+        raise UsageError(f"{path}: {'; '.join(problems)}")
+    return [by_folder[folder] for folder in folders]
+
+
+def _some(items: list[str], count: int = 3) -> str:
+    shown = ", ".join(items[:count])
+    return shown + (", ..." if len(items) > count else "")
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of the non-empty lines; only spaces and line ends are stripped
+    (a TAB is a field separator and must survive)."""
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    numbered = [(number, line.strip(" \r\n\f\v")) for number, line in enumerate(text.splitlines(), start=1)]
+    numbered = [(number, line) for number, line in numbered if line.strip()]
+    if not numbered:
+        raise UsageError(f"{path} is empty")
+    return numbered
 
 
 def default_template_source(evalset: EvalSet) -> str:

@@ -55,13 +55,13 @@ LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "data_s_per_step", "compute_s
                  "tau_mean", "tau_min", "tau_max", "nonfinite_steps"]
 
 
-def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
+def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) one LLM TempNet run; returns the last held-out metrics ({} without held-out data)."""
     tokenizer, lm_config = check_lm(config)  # before any process group, data or weights
     vocab_size = lm_config.vocab_size
 
     # --- processes, data (input errors surface before the run folder exists) ----------------
-    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS)
+    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite)
     context, device = engine.context, engine.device
     (train_inputs, train_targets), heldout = load_datasets(config.data, tokenizer)
     batches = GlobalBatches(train_inputs, train_targets, config.data.batch_size, context.rank,
@@ -128,7 +128,7 @@ def train(config: LLMTrainConfig, resume: str | None = None) -> dict[str, Any]:
                      f"{heldout[0].shape[0] if heldout else 'no'} held-out; {total_steps} steps "
                      f"({total_steps / steps_per_epoch:.2f} epochs of {steps_per_epoch}), global batch "
                      f"{batches.global_batch}"])
-    result = engine.fit(job, resume)
+    result = engine.fit(job)
     if train_lm and result.completed and context.is_main:
         export_dir = engine.run_dir / EXPORTED_MODEL_DIR
         lm.save_pretrained(str(export_dir))
