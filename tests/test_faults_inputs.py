@@ -108,3 +108,18 @@ def test_tab_classname_file_with_an_unknown_folder(tmp_path, capsys):
                  "--classnames", str(names), "--templates", "simple", "--device", "cpu",
                  "--output", str(output)]) == 0
     assert json.loads(output.read_text())["num_classes"] == 2
+
+
+def test_truncated_evaluation_image_stops_training_before_any_step(cut_set, tmp_path, capsys):
+    from shard_factory import write_dense
+
+    shards = tmp_path / "shards"
+    write_dense(shards, count=16, per_shard=8, size=32)
+    run_dir = tmp_path / "runs" / "run"
+    argv = ["train", f"data.sources=[{{shards: {shards}}}]", "data.batch_size=8", "data.num_workers=0",
+            "data.resampled=false", "loss.rho=1.0", f"eval.zeroshot=[{cut_set}]",
+            f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}"]
+    assert main(argv) == 2
+    err = _one_error_line(capsys, "train")
+    assert "1 unreadable image in evaluation set 'cut-set'" in err and "images/4.jpg (" in err
+    assert not run_dir.exists()  # stopped at start-up: no step taken, no run folder
