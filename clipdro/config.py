@@ -173,6 +173,21 @@ class ModelConfig:
     pretrained_image: bool = False  # timm ImageNet weights for a timm vision trunk (the paper's RN50)
     grad_checkpointing: bool = False
     train_transform: typing.Literal["train", "eval"] = "train"  # "eval": no random augmentation in training
+    # Local tower weights (clipdro.towers; a path or pip:MODULE/PATH), overriding the model config's own:
+    image_weights: str | None = None  # a state-dict file for the timm image trunk
+    image_weights_key_map: typing.Literal["names", "in_order"] | None = None  # in_order: names differ, order not
+    text_weights: str | None = None  # a Hugging Face folder (or a .zip of one) for the text tower
+    # Tower locking as open_clip does it; the projections and TempNets always train.
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0  # trailing layer groups of the image trunk left trainable
+    lock_image_freeze_bn_stats: bool = False  # also keep BatchNorm running statistics fixed in locked groups
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0  # trailing encoder layers of the text tower left trainable
+    lock_text_freeze_layer_norm: bool = True
+
+    def validate(self) -> None:
+        if self.lock_image_unlocked_groups < 0 or self.lock_text_unlocked_layers < 0:
+            raise UsageError("model.lock_image_unlocked_groups and model.lock_text_unlocked_layers must be >= 0")
 
 
 @dataclasses.dataclass

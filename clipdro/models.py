@@ -6,8 +6,9 @@ comes only from the loss's tau term, never through the encoders.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import open_clip
 import torch
 from torch import nn
 
-from clipdro.config import TemperatureConfig, TempNetConfig, from_dict
+from clipdro.config import ModelConfig, TemperatureConfig, TempNetConfig, from_dict
 from clipdro.errors import UsageError
 from clipdro.model_configs import register_model_configs
 from clipdro.tempnet import CLIPTempNet
+from clipdro.towers import TowerWeights, load_image_tower, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +79,90 @@ def resolve_model_name(name: str) -> str:
 
 
 def create_clip(name: str, pretrained: str | None = None, pretrained_image: bool = False,
-                pretrained_text: bool = True, device: str | torch.device = "cpu"):
+                pretrained_text: bool = True, device: str | torch.device = "cpu",
+                towers: TowerWeights | None = None, load_tower_weights: bool = True):
     """(model, train transform, eval transform, tokenizer) from open_clip, offline unless asked.
 
     ``pretrained_image`` / ``pretrained_text`` load a timm / Hugging Face tower's own base weights
     (open_clip 3.3 overrides the JSON config's ``timm_model_pretrained`` / ``hf_model_pretrained``
-    with them); they only matter for such towers and need network on first use.
+    with them); from a hub they need network. Local tower weights (clipdro.towers) come from the
+    model config's ``clipdro_towers`` section, or ``towers`` where it sets a source; with
+    ``load_tower_weights=False`` only their architecture and tokenizer are used (a checkpoint
+    supplies the weights).
     """
     name = resolve_model_name(name)
+    towers = prepare_towers(name, towers or TowerWeights())
+    if towers.image is not None and load_tower_weights:
+        resolve_source(towers.image)  # a missing file fails here, before any model is built
+    load_text = pretrained_text and load_tower_weights if towers.text is not None else pretrained_text
     try:
-        model, train_transform, eval_transform = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, pretrained_image=pretrained_image, pretrained_text=pretrained_text,
-            device=device, output_dict=True)
+        with quiet_transformers():
+            model, train_transform, eval_transform = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, pretrained_image=pretrained_image, pretrained_text=load_text,
+                image_mean=towers.image_mean, image_std=towers.image_std, device=device, output_dict=True)
     except RuntimeError as error:  # unknown pretrained tag, missing file
         raise UsageError(f"model {name} with pretrained={pretrained!r}: {error}") from None
+    if towers.image is not None and load_tower_weights:
+        trunk = getattr(model.visual, "trunk", None)
+        if trunk is None:
+            raise UsageError(f"model {name}: image tower weights ({towers.image}) need a timm image tower")
+        count = load_image_tower(trunk, towers.image, towers.image_key_map)
+        log.info("image tower: %d tensors from %s", count, towers.image)
     return model, train_transform, eval_transform, open_clip.get_tokenizer(name)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bar and load report while a text tower loads say nothing useful
+    here (open_clip never uses BERT's pooler, which the report lists as unexpected): mute them."""
+    try:
+        import transformers
+    except ImportError:
+        yield
+        return
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+
+
+def tower_weights(model_config: ModelConfig | dict) -> TowerWeights:
+    """The tower-weight overrides of a run's ``model`` section (a ModelConfig or its dict; keys
+    absent from older checkpoints' configs mean none)."""
+    get = model_config.get if isinstance(model_config, dict) else lambda key: getattr(model_config, key)
+    return TowerWeights(image=get("image_weights"), image_key_map=get("image_weights_key_map") or "names",
+                        text=get("text_weights"))
+
+
+def _floats(values: list | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(value) for value in values)
+
+
+def prepare_towers(name: str, overrides: TowerWeights) -> TowerWeights:
+    """The tower sources of model ``name`` (its config's ``clipdro_towers``, then ``overrides``);
+    registers with open_clip a config without that section and with the text tower pointed at
+    its local folder. Runs before every model creation (a later registration rescans the JSON)."""
+    config = open_clip.get_model_config(name)  # a copy
+    section = config.pop("clipdro_towers", {})
+    towers = TowerWeights(image=overrides.image or section.get("image_weights"),
+                          image_key_map=overrides.image_key_map if overrides.image else
+                          section.get("image_key_map", "names"),
+                          text=overrides.text or section.get("text_weights"),
+                          image_mean=_floats(section.get("image_mean")), image_std=_floats(section.get("image_std")))
+    if towers.text is not None:
+        if "hf_model_name" not in config["text_cfg"]:
+            raise UsageError(f"model {name}: text tower weights ({towers.text}) need a Hugging Face text tower "
+                             f"(text_cfg.hf_model_name)")
+        folder = str(resolve_source(towers.text))
+        config["text_cfg"].update(hf_model_name=folder, hf_tokenizer_name=folder)
+    if section or towers.text is not None:
+        # open_clip creates models by registered name only; its registry is this module-level dict.
+        open_clip.factory._MODEL_CONFIGS[name] = config
+    return towers
 
 
 def embedding_dim(name: str) -> int:
@@ -161,7 +232,8 @@ def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu")
     try:
         clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None,
                                                          pretrained_image=False, pretrained_text=False,
-                                                         device="cpu")
+                                                         device="cpu", towers=tower_weights(model_config),
+                                                         load_tower_weights=False)
     finally:
         logging.getLogger().removeFilter(quiet)
     tempnets = (None, None)

@@ -42,8 +42,9 @@ from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
 from clipdro.losses import loss_class
-from clipdro.models import CLIPWithTempNets, build_tempnets, create_clip
+from clipdro.models import CLIPWithTempNets, build_tempnets, create_clip, tower_weights
 from clipdro.run_logging import tau_summary
+from clipdro.towers import lock_text_tower
 
 log = logging.getLogger("clipdro.train")
 
@@ -124,9 +125,14 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
 
 def build_model(config: TrainConfig, with_tempnets: bool, device: torch.device):
     """(CLIPWithTempNets, train transform, eval transform, tokenizer); TempNets only when the loss uses them."""
+    model_config = config.model
     clip, train_transform, eval_transform, tokenizer = create_clip(
-        config.model.name, config.model.pretrained, config.model.pretrained_image)
-    if config.model.grad_checkpointing:
+        model_config.name, model_config.pretrained, model_config.pretrained_image, towers=tower_weights(model_config))
+    if model_config.lock_image:
+        clip.lock_image_tower(model_config.lock_image_unlocked_groups, model_config.lock_image_freeze_bn_stats)
+    if model_config.lock_text:
+        lock_text_tower(clip.text, model_config.lock_text_unlocked_layers, model_config.lock_text_freeze_layer_norm)
+    if model_config.grad_checkpointing:
         clip.set_grad_checkpointing(True)
     tempnets = build_tempnets(config.model.name, config.tempnet, config.temperature) if with_tempnets else ()
     model = CLIPWithTempNets(clip, *tempnets).to(device)
