@@ -6,6 +6,9 @@ embeddings, about 3.7 M parameters; most of them sit in the 49,408-token embeddi
 ``clipdro-RN50-DistilBERT``: the paper's CC3M model (method.md §5): timm ResNet-50 with
 ImageNet weights and pretrained DistilBERT, 256-d embeddings, 256 px. Its weights download
 from the Hugging Face hub, so it needs network (GPU training only in practice).
+``clipdro-efflite0-minilm``: ImageNet EfficientNet-Lite0 + all-MiniLM-L6-v2, 64 px, 32 tokens,
+256-d embeddings, with weights from two pip packages (the ``pretrained`` extra), named in its
+``clipdro_towers`` section (clipdro/towers.py): offline.
 """
 
 from __future__ import annotations
