@@ -9,6 +9,7 @@ from PIL import Image
 
 from clipdro.cli import main
 from clipdro.data.evalset import EvalSet
+from clipdro.eval.results import query_sha256
 
 RETRIEVAL_KEYS = [f"{direction}_retrieval_recall@{k}" for k in (1, 5, 10) for direction in ("image", "text")]
 
@@ -54,12 +55,43 @@ def test_retrieval_result_file(result_files, evalset_dir):
     assert record["precision"] == "fp32"  # --precision auto: exact on the CPU
 
 
+def test_retrieval_result_file_has_per_query_ranks_that_give_its_metrics(result_files, evalset_dir):
+    record = json.loads(result_files[0].read_text())
+    per_query = record["per_query"]
+    assert list(per_query) == ["format", "query_sha256", "rank_cap", "image_retrieval_rank", "text_retrieval_rank"]
+    assert per_query["format"] == "clipdro-per-query/1" and per_query["rank_cap"] == 10
+    texts, text_to_image = EvalSet.load(evalset_dir).flat_captions()
+    assert per_query["query_sha256"] == query_sha256([f"images/{i}.png" for i in range(8)], texts=texts,
+                                                     text_to_image=text_to_image)
+    assert len(per_query["image_retrieval_rank"]) == record["num_texts"]  # one per caption
+    assert len(per_query["text_retrieval_rank"]) == record["num_images"]  # one per image
+    for direction in ("image", "text"):
+        ranks = per_query[f"{direction}_retrieval_rank"]
+        assert all(isinstance(rank, int) and 0 <= rank <= 10 for rank in ranks)
+        for k in (1, 5, 10):
+            assert record["metrics"][f"{direction}_retrieval_recall@{k}"] == float(np.mean(np.array(ranks) < k))
+    # Compact: every list of numbers on one line.
+    text = result_files[0].read_text()
+    assert '  "recall_k": [1,5,10],\n' in text
+    assert '"image_retrieval_rank": [' + ",".join(map(str, per_query["image_retrieval_rank"])) + "]" in text
+
+
 def test_zeroshot_result_file(result_files):
     record = json.loads(result_files[1].read_text())
     assert (record["task"], record["classnames"], record["templates"]) == ("zeroshot", "evalset", "evalset")
     assert list(record["metrics"]) == ["acc1", "acc5", "mean_per_class_recall"]
     assert all(0.0 <= value <= 1.0 for value in record["metrics"].values())
     assert set(record["timings"]) == {"classifier_s", "embedding_s", "search_s"}
+    per_query = record["per_query"]
+    assert per_query["label"] == [i % 6 for i in range(8)] and per_query["rank_cap"] is None
+    assert per_query["query_sha256"] == query_sha256([f"images/{i}.png" for i in range(8)], labels=per_query["label"])
+    ranks = np.array(per_query["true_class_rank"])
+    assert ranks.min() >= 0 and ranks.max() < 6
+    assert record["metrics"]["acc1"] == float(np.mean(ranks == 0))
+    assert record["metrics"]["acc5"] == float(np.mean(ranks < 5))
+    labels = np.array(per_query["label"])
+    recalls = [np.mean(ranks[labels == label] == 0) for label in range(6)]  # every class occurs
+    assert record["metrics"]["mean_per_class_recall"] == pytest.approx(np.mean(recalls), abs=1e-15)
 
 
 def test_summarize_markdown_and_csv(result_files, tmp_path, capsys):
@@ -89,6 +121,9 @@ def test_summarize_markdown_and_csv(result_files, tmp_path, capsys):
     (["zeroshot", "--model", "clipdro-tiny-vit", "--data", "{data}", "--classnames", "/nowhere.txt"],
      "no such file"),
     (["summarize", "/nowhere.json"], "no such result file"),
+    (["compare", "/nowhere.json", "/nowhere2.json"], "no such result file: /nowhere.json"),
+    (["compare", "/nowhere.json"], "in pairs (A B [A2 B2 ...]), got 1: /nowhere.json has no partner"),
+    (["compare", "{data}/eval.json", "{data}/eval.json"], "eval.json is not a clipdro eval result"),
     (["retrieval", "--data", "{data}"], "--model"),
     (["retrieval", "--model", "clipdro-tiny-vit", "--data", "{data}", "--device", "gpu0"], "device 'gpu0'"),
     (["retrieval", "--model", "clipdro-tiny-vit", "--data", "{data}", "--precision", "fp8"], "--precision"),

@@ -9,7 +9,12 @@ import torch
 
 from clipdro.eval import retrieval as retrieval_module
 from clipdro.eval import retrieval_metrics
-from clipdro.eval.retrieval import brute_force_positive_ranks, faiss_positive_ranks
+from clipdro.eval.retrieval import (
+    brute_force_positive_ranks,
+    faiss_positive_ranks,
+    metrics_from_ranks,
+    retrieval_ranks,
+)
 
 
 def features_from_scores(scores: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +56,16 @@ def test_one_caption_per_image_by_hand(exact_ranks):
                      "text_retrieval_mean_rank": 4 / 3, "text_retrieval_median_rank": 1.0}
     assert list(metrics) == list(expected)  # CLIP_benchmark's key order
     assert metrics == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("exact_ranks", [False, True])
+def test_per_query_ranks_by_hand(exact_ranks):
+    images, texts = features_from_scores(ONE_CAPTION_SCORES)
+    ranks = retrieval_ranks(images, texts, [0, 1, 2], ks=(1,), exact_ranks=exact_ranks)
+    # 0-based (negatives ahead of the best positive); FAISS ranks are capped at max(ks) = 1.
+    assert ranks["image_retrieval"].tolist() == ([1, 0, 2] if exact_ranks else [1, 0, 1])
+    assert ranks["text_retrieval"].tolist() == [0, 0, 1]
+    assert ranks["image_retrieval"].dtype == np.int64
 
 
 # 2 images, 5 captions each (t0-t4 -> image 0, t5-t9 -> image 1); columns: image 0, image 1.
@@ -160,6 +175,20 @@ def test_exact_mean_rank_matches_a_sort():
     one_based = (order == text_to_image[:, None]).int().argmax(dim=1) + 1
     assert metrics["image_retrieval_mean_rank"] == pytest.approx(one_based.float().mean().item())
     assert metrics["image_retrieval_median_rank"] == float(np.median(one_based.numpy()))
+
+
+def test_capped_ranks_are_the_exact_ranks_cut_at_max_k_and_give_the_metrics():
+    images, texts, text_to_image = random_retrieval_set(60, 5, 16, seed=3)
+    ks = (1, 5, 10)
+    exact = retrieval_ranks(images, texts, text_to_image, ks, exact_ranks=True)
+    capped = retrieval_ranks(images, texts, text_to_image, ks)
+    assert (len(capped["image_retrieval"]), len(capped["text_retrieval"])) == (300, 60)
+    for direction in ("image_retrieval", "text_retrieval"):
+        assert capped[direction].tolist() == np.minimum(exact[direction], 10).tolist()
+        assert exact[direction].max() > 10  # the cap is exercised
+    assert metrics_from_ranks(capped, ks) == retrieval_metrics(images, texts, text_to_image, ks)
+    assert metrics_from_ranks(exact, ks, exact_ranks=True) == retrieval_metrics(images, texts, text_to_image, ks,
+                                                                                exact_ranks=True)
 
 
 # --- chunking ---------------------------------------------------------------------------------

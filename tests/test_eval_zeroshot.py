@@ -10,14 +10,17 @@ from PIL import Image
 
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageError
+from clipdro.eval.results import query_sha256
 from clipdro.eval.tasks import evaluate_zeroshot
 from clipdro.eval.zeroshot import (
     build_classifier,
     default_template_source,
     load_labelled_set,
+    metrics_from_ranks,
     resolve_classnames,
     resolve_templates,
     zeroshot_metrics,
+    zeroshot_ranks,
 )
 
 
@@ -35,12 +38,16 @@ def test_metrics_by_hand():
     assert metrics["acc5"] == 1.0
     # per-class top-1 recall over the classes present: class 0 1/2, class 1 2/2, class 2 0/1
     assert metrics["mean_per_class_recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    ranks = zeroshot_ranks(scores, [0, 0, 1, 2, 1])  # 0-based rank of the true class
+    assert ranks.tolist() == [0, 2, 0, 4, 0] and ranks.dtype == np.int64
+    assert metrics_from_ranks(ranks, [0, 0, 1, 2, 1], num_classes=5) == metrics
 
 
 def test_acc5_is_nan_below_five_classes_and_ties_are_pessimistic():
     metrics = zeroshot_metrics(torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.3]]), [0, 1])
     assert math.isnan(metrics["acc5"])
     assert metrics["acc1"] == 0.5  # the tie on the first row counts as a miss
+    assert zeroshot_ranks(torch.tensor([[0.5, 0.5, 0.1], [0.2, 0.9, 0.3]]), [0, 1]).tolist() == [1, 0]
     assert metrics["mean_per_class_recall"] == 0.5
 
 
@@ -135,6 +142,10 @@ def test_classifier_columns_and_zeroshot_run_with_known_features(tmp_path):
     assert result.metrics["mean_per_class_recall"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert set(result.timings) == {"classifier_s", "embedding_s", "search_s"}
     assert result.sizes == {"num_images": 4, "num_classes": 3}
+    # The red image labelled green: green ties blue at 0 behind red -> rank 2 (pessimistic).
+    assert result.per_query == {"format": "clipdro-per-query/1",
+                                "query_sha256": query_sha256(evalset.images, labels=labels),
+                                "rank_cap": None, "label": labels, "true_class_rank": [0, 0, 0, 2]}
 
 
 def _imagefolder(root, classes=("n02", "n01", "n03")):

@@ -1,10 +1,13 @@
-"""`clipdro eval retrieval|zeroshot|summarize`: benchmark a model on an evaluation set, tabulate results.
+"""`clipdro eval retrieval|zeroshot|summarize|compare`: benchmark a model on an evaluation set, tabulate
+and compare results.
 
     clipdro eval retrieval (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
                            --data EVALSET_DIR [--recall-k 1 5 10] [--exact-ranks] [--output results.json]
     clipdro eval zeroshot  (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE) --data DIR
                            [--classnames evalset|imagenet|FILE] [--templates openai|simple|evalset|FILE]
     clipdro eval summarize results/*.json [--format markdown|csv] [--output FILE]
+    clipdro eval compare A.json B.json [A2.json B2.json ...] [--bootstrap 10000] [--seed 0]
+                         [--format markdown|csv] [--output FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageArgumentParser, UsageError
+from clipdro.eval import compare
 from clipdro.eval.results import load_results, run_environment, summary_table, write_results
 from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import (
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "summarize":
         return _summarize(args)
+    if args.command == "compare":
+        return _compare(args)
     args.device = parse_device(args.device)
     # Data first: a wrong path should fail before a (possibly slow) model load.
     if args.command == "retrieval":
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         template_source = args.templates or default_template_source(evalset)
         classnames = resolve_classnames(args.classnames, evalset)
         templates = resolve_templates(template_source, evalset)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     loaded = load_model(args)
     model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
     loader_options = {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
@@ -122,6 +130,9 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--precision", choices=EVAL_PRECISIONS, default="auto",
                          help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU")
         sub.add_argument("--output", help="write the results JSON here")
+        sub.add_argument("--seed", type=int, default=None,
+                         help="seed torch before the model is built, so a random-init --model is reproducible "
+                              "(recorded in the results file)")
 
     retrieval = commands.add_parser("retrieval", help="image-text retrieval recall@K (FAISS)")
     add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json)")
@@ -141,6 +152,16 @@ def _build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("results", nargs="+", help="result JSON files")
     summarize.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     summarize.add_argument("--output", help="write the table here instead of printing it")
+
+    comparison = commands.add_parser("compare", help="A vs B per metric with a paired bootstrap interval "
+                                                     "over queries (several pairs: seeds pooled)")
+    comparison.add_argument("results", nargs="+", metavar="RESULT",
+                            help="result JSON files in pairs: A B [A2 B2 ...] (A = method, B = baseline)")
+    comparison.add_argument("--bootstrap", type=int, default=compare.REPLICATES, metavar="N",
+                            help=f"bootstrap replicates (default {compare.REPLICATES})")
+    comparison.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
+    comparison.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    comparison.add_argument("--output", help="write the table here instead of printing it")
     return parser
 
 
@@ -149,6 +170,7 @@ def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, r
     return {
         "task": args.command,
         **identity,
+        **({"seed": args.seed} if args.seed is not None else {}),
         "data": str(Path(args.data).resolve()),
         "dataset": evalset.name,
         **task_options,
@@ -157,14 +179,32 @@ def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, r
         "timings": result.timings,
         "precision": resolve_precision(args.precision, args.device),
         **run_environment(args.device),
+        "per_query": result.per_query,
     }
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    table = summary_table(load_results(args.results), args.format)
-    if args.output:
-        Path(args.output).write_text(table, encoding="utf-8")
-        print(f"wrote {args.output}")
+    return _print_or_write(summary_table(load_results(args.results), args.format), args.output)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if len(args.results) % 2:
+        raise UsageError(f"compare takes result files in pairs (A B [A2 B2 ...]), got {len(args.results)}: "
+                         f"{args.results[-1]} has no partner")
+    if args.bootstrap < 1:
+        raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    comparisons = compare.compare_results(load_results(args.results), args.results, args.bootstrap, args.seed)
+    table = compare.format_comparison(comparisons, args.format, a_sources=args.results[0::2],
+                                      b_sources=args.results[1::2], replicates=args.bootstrap, seed=args.seed)
+    return _print_or_write(table, args.output)
+
+
+def _print_or_write(table: str, output: str | None) -> int:
+    if output:
+        Path(output).write_text(table, encoding="utf-8")
+        print(f"wrote {output}")
     else:
         print(table, end="")
     return 0

@@ -1,15 +1,19 @@
 """Evaluation result files (one JSON object per run) and the tables that summarise them.
 
 A result file holds: task, model, pretrained, data, dataset, sizes, metrics, timings,
-versions (clipdro, torch, open_clip, faiss), device, faiss_gpus; a trained run evaluated with
+versions (clipdro, torch, open_clip, faiss), device, faiss_gpus, per_query; a trained run evaluated with
 ``--checkpoint`` adds checkpoint (the file), step and loss (the run's loss name).  Metrics are fractions in
 [0, 1] (CLIP_benchmark's convention); a NaN metric (acc5 with fewer than 5 classes) is
-written as null so the file is strict JSON.
+written as null so the file is strict JSON.  ``per_query`` (format PER_QUERY_FORMAT) holds the
+per-query ranks every metric is computed from and the :func:`query_sha256` of the queries, for
+``clipdro eval compare`` (docs/evaluation.md, "Comparing two models").  Objects are indented;
+lists of numbers are written on one line, so a million per-query ranks stay a few MB.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -28,6 +32,27 @@ ID_COLUMNS = ("task", "dataset", "model", "pretrained")
 # Added after ID_COLUMNS when any result comes from a clipdro training checkpoint: several
 # runs of one architecture are told apart only by these.
 CHECKPOINT_COLUMNS = ("checkpoint", "step", "loss")
+# Version tag of a result file's per_query section.
+PER_QUERY_FORMAT = "clipdro-per-query/1"
+
+
+def query_sha256(images: Sequence[str], *, texts: Sequence[str] | None = None,
+                 text_to_image: Sequence[int] | None = None, labels: Sequence[int] | None = None) -> str:
+    """Hex SHA-256 naming the queries of an evaluation, in order: two result files with the same
+    hash were computed on the same images (as listed in eval.json), captions and caption-to-image
+    map (retrieval) or labels (zero-shot), in the same order.
+
+    Hashed text: compact UTF-8 JSON of ``{"images": [...], "texts": [...], "text_to_image": [...]}``
+    (retrieval) or ``{"images": [...], "labels": [...]}`` (zero-shot), keys in that order,
+    ``json.dumps(payload, ensure_ascii=False, separators=(",", ":"))``."""
+    payload: dict[str, list] = {"images": list(images)}
+    if texts is not None:
+        payload["texts"] = list(texts)
+        payload["text_to_image"] = [int(owner) for owner in text_to_image or []]
+    if labels is not None:
+        payload["labels"] = [int(label) for label in labels]
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def run_environment(device: torch.device) -> dict:
@@ -44,7 +69,7 @@ def run_environment(device: torch.device) -> dict:
 def write_results(path: str | Path, record: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_strict_json(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(_dumps(_strict_json(record)) + "\n", encoding="utf-8")
     return path
 
 
@@ -91,6 +116,18 @@ def _cell(value: object, round_floats: bool = False) -> str:
     if isinstance(value, float) and round_floats:
         return f"{value:.4f}"
     return str(value)
+
+
+def _dumps(value: object, indent: str = "") -> str:
+    """JSON with objects (and lists holding containers) indented by two spaces and every list of
+    scalars on one line without spaces, e.g. ``"recall_k": [1,5,10]``; strict (no NaN)."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(key))}: {_dumps(item, inner)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list | tuple) and any(isinstance(item, dict | list | tuple) for item in value):
+        return "[\n" + ",\n".join(inner + _dumps(item, inner) for item in value) + "\n" + indent + "]"
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def _strict_json(value: object) -> object:

@@ -58,15 +58,36 @@ def retrieval_metrics(
     chunked brute-force path instead of FAISS, and the 1-based ``*_mean_rank`` and
     ``*_median_rank`` of the best positive are added.  Queries are processed
     ``query_chunk_size`` at a time so memory stays bounded for million-item galleries.
+    The per-query ranks behind these numbers are :func:`retrieval_ranks`.
+    """
+    ranks = retrieval_ranks(image_features, text_features, text_to_image, ks, exact_ranks=exact_ranks,
+                            query_chunk_size=query_chunk_size)
+    return metrics_from_ranks(ranks, ks, exact_ranks=exact_ranks)
+
+
+def retrieval_ranks(
+    image_features: ArrayLike,
+    text_features: ArrayLike,
+    text_to_image: Sequence[int] | ArrayLike,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    exact_ranks: bool = False,
+    query_chunk_size: int = 1024,
+) -> dict[str, np.ndarray]:
+    """0-based pessimistic rank of each query's best positive, per direction (int64 arrays).
+
+    ``image_retrieval``: one rank per caption (text query), in caption order;
+    ``text_retrieval``: one rank per image (image query), in image order.  A query hits at K
+    when its rank < K.  With ``exact_ranks`` the ranks are exact; otherwise (FAISS top-k with
+    k = max(ks)) they are capped at max(ks): a stored value of max(ks) means "not in the top
+    max(ks)", which answers rank < K exactly for every K <= max(ks).
     """
     images = _as_float32_matrix(image_features, "image_features")
     texts = _as_float32_matrix(text_features, "text_features")
     if images.shape[1] != texts.shape[1]:
         raise ValueError(f"feature dims differ: images {images.shape[1]}, texts {texts.shape[1]}")
     owners = _validate_text_to_image(text_to_image, len(texts), len(images))
-    ks = [int(k) for k in ks]
-    if not ks or min(ks) < 1:
-        raise ValueError(f"recall K values must be positive integers, got {ks}")
+    ks = _validate_ks(ks)
     if query_chunk_size < 1:
         raise ValueError(f"query_chunk_size must be >= 1, got {query_chunk_size}")
 
@@ -82,15 +103,22 @@ def retrieval_metrics(
             ranks[name] = brute_force_positive_ranks(queries, gallery, query_groups, gallery_groups,
                                                      query_chunk_size)
         else:
-            ranks[name] = faiss_positive_ranks(queries, gallery, query_groups, gallery_groups, max(ks),
-                                               query_chunk_size)
+            found = faiss_positive_ranks(queries, gallery, query_groups, gallery_groups, max(ks), query_chunk_size)
+            ranks[name] = np.minimum(found, max(ks))  # tie fallbacks may be exact beyond the cut
+    return ranks
 
+
+def metrics_from_ranks(ranks: dict[str, np.ndarray], ks: Sequence[int] = (1, 5, 10), *,
+                       exact_ranks: bool = False) -> dict[str, float]:
+    """:func:`retrieval_metrics`'s dict from :func:`retrieval_ranks`' output: recall@K = mean(rank < K)
+    (K <= max(ks) when the ranks are capped); with ``exact_ranks`` also 1-based mean and median ranks."""
+    ks = _validate_ks(ks)
     metrics = {}
     for k in ks:  # CLIP_benchmark's key order: image then text retrieval, for each K
-        for name in directions:
+        for name in ("image_retrieval", "text_retrieval"):
             metrics[f"{name}_recall@{k}"] = float(np.mean(ranks[name] < k))
     if exact_ranks:
-        for name in directions:
+        for name in ("image_retrieval", "text_retrieval"):
             one_based = ranks[name] + 1
             metrics[f"{name}_mean_rank"] = float(np.mean(one_based))
             metrics[f"{name}_median_rank"] = float(np.median(one_based))
@@ -168,6 +196,13 @@ def brute_force_positive_ranks(
         best = scores.masked_fill(~positive, -torch.inf).amax(dim=1, keepdim=True)
         ranks[start:stop] = ((scores >= best) & ~positive).sum(dim=1).numpy()
     return ranks
+
+
+def _validate_ks(ks: Sequence[int]) -> list[int]:
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"recall K values must be positive integers, got {ks}")
+    return ks
 
 
 def _as_float32_matrix(features: ArrayLike, name: str) -> np.ndarray:

@@ -6,7 +6,8 @@ embedded and L2-normalised, averaged, and the mean is normalised again (open_cli
 CLIP_benchmark: ``acc1``, ``acc5`` (NaN with fewer than 5 classes) and
 ``mean_per_class_recall`` (balanced accuracy: top-1 recall averaged over the classes that
 occur in the labels).  Ties use the retrieval harness's pessimistic rule: a wrong class
-scoring exactly as high as the true class counts ahead of it.
+scoring exactly as high as the true class counts ahead of it.  :func:`zeroshot_ranks` gives the
+per-image rank of the true class that all three metrics are computed from.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import torch
 
@@ -202,20 +204,31 @@ def build_classifier(
 
 def zeroshot_metrics(scores: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> dict[str, float]:
     """``acc1``, ``acc5``, ``mean_per_class_recall`` from [N, C] image-class scores."""
+    return metrics_from_ranks(zeroshot_ranks(scores, labels), labels, scores.shape[1])
+
+
+def zeroshot_ranks(scores: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> np.ndarray:
+    """Per image, the 0-based pessimistic rank of its true class: the number of other classes
+    scoring >= it (int64 [N]; top-k hit when rank < k)."""
     scores = scores.float().cpu()
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
-    num_classes = scores.shape[1]
     true_scores = scores.gather(1, labels[:, None])
-    # Pessimistic rank: the number of other classes scoring >= the true class.
-    ranks = (scores >= true_scores).sum(dim=1) - 1
-    correct = (ranks == 0).double()
-    images_per_class = torch.bincount(labels, minlength=num_classes)
-    hits_per_class = torch.bincount(labels, weights=correct, minlength=num_classes)
+    return ((scores >= true_scores).sum(dim=1) - 1).numpy().astype(np.int64)
+
+
+def metrics_from_ranks(ranks: np.ndarray, labels: Sequence[int] | np.ndarray | torch.Tensor,
+                       num_classes: int) -> dict[str, float]:
+    """:func:`zeroshot_metrics`'s dict from the true-class ranks (:func:`zeroshot_ranks`) and labels."""
+    ranks = np.asarray(ranks)
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64)
+    correct = (ranks == 0).astype(np.float64)
+    images_per_class = np.bincount(labels, minlength=num_classes)
+    hits_per_class = np.bincount(labels, weights=correct, minlength=num_classes)
     present = images_per_class > 0
     return {
-        "acc1": float(correct.mean()),
-        "acc5": float((ranks < 5).double().mean()) if num_classes >= 5 else float("nan"),
-        "mean_per_class_recall": float((hits_per_class[present] / images_per_class[present]).mean()),
+        "acc1": float(np.mean(correct)),
+        "acc5": float(np.mean(ranks < 5)) if num_classes >= 5 else float("nan"),
+        "mean_per_class_recall": float(np.mean(hits_per_class[present] / images_per_class[present])),
     }
 
 
