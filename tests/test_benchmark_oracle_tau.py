@@ -75,3 +75,16 @@ def test_the_oracle_is_a_registered_loss_built_from_its_options():
     assert loss.shuffle is not None and (loss.tau_min, loss.tau_max, loss.oracle_rho) == (0.01, 0.1, 3.0)
     free = loss_class("oracle").from_config(load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle"]), 10)
     assert free.level is None and free.strength == 1.0 and free.shuffle is None
+
+
+def test_config_option_is_the_base_config_of_the_run(monkeypatch):
+    from benchmarks.paper import oracle_tau
+
+    received = []
+    monkeypatch.setattr(oracle_tau, "train_main", lambda argv: received.append(argv) or 0)
+    assert oracle_tau.main(["--level", "0.06", "run.name=a"]) == 0
+    assert oracle_tau.main(["--config", "configs/pretrained_demo.yaml", "--strength", "0.5", "run.name=b"]) == 0
+    default, demo = received
+    assert default[:2] == ["--config", str(oracle_tau.BASE_CONFIG)] and default[-1] == "run.name=a"
+    assert demo[:2] == ["--config", "configs/pretrained_demo.yaml"] and "loss.options.strength=0.5" in demo
+    assert demo[-1] == "run.name=b" and "loss.name=oracle" in demo

@@ -1,19 +1,41 @@
-"""benchmarks/paper/reproduce_table.py without training: run reuse, per-seed differences, the table, the plot."""
+"""benchmarks/paper/reproduce_table.py without training: run reuse, per-seed differences, the table, the plot,
+--config (expected configs, train and oracle commands), the per-query evaluation step and the paired-interval
+tables built from hand-made result files in clipdro eval's layout."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import yaml
 
+from benchmarks.paper import oracle_tau, reproduce_table
 from benchmarks.paper.reproduce_table import (
     BASE_CONFIG,
     METRICS,
+    REPO_ROOT,
+    eval_sets,
     finished_with,
+    interval_markdown,
+    interval_pairs,
     markdown,
     paired_differences,
+    paired_intervals,
+    parse_args,
+    per_query_eval,
     plot,
     run_overrides,
     summarise,
+    train,
     train_command,
 )
 from clipdro.config import TrainConfig, load_config, to_dict
+from clipdro.eval import compare, retrieval, zeroshot
+from clipdro.eval.results import PER_QUERY_FORMAT, query_sha256, write_results
+
+DEMO_CONFIG = REPO_ROOT / "configs" / "pretrained_demo.yaml"
 
 
 def fake_run(method, seed, value, taus=None):
@@ -95,3 +117,256 @@ def test_oracle_runs_at_the_resolved_sogclr_level():
     assert "run.name=oracle-inverted-seed1" in train_command("oracle-inverted", inverted)
     clip = run_overrides("clip", 1, BASE_CONFIG.parent, [])
     assert train_command("clip", clip)[1:5] == ["-m", "clipdro.cli", "train", "--config"]
+
+
+# ------------------------------------------------------------------------------ --config
+
+
+def test_config_defaults_to_reproduce_yaml_and_a_relative_path_resolves_from_the_repository(tmp_path, monkeypatch):
+    assert parse_args([]).config == BASE_CONFIG
+    monkeypatch.chdir(tmp_path)  # not found from here: looked up from the repository root
+    args = parse_args(["--config", "configs/pretrained_demo.yaml", "run.epochs=1"])
+    assert args.config == DEMO_CONFIG and args.overrides == ["run.epochs=1"]
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "configs/no_such.yaml"])
+
+
+@pytest.fixture
+def no_subprocess(monkeypatch):
+    """Records the commands reproduce_table would run (python ...) instead of running them."""
+    commands, run = [], subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, *args, **kwargs: commands.append(command)
+                        if command[0] == sys.executable else run(command, *args, **kwargs))
+    return commands
+
+
+def test_config_changes_the_expected_config_and_the_train_command(tmp_path, no_subprocess):
+    args = parse_args(["--config", str(DEMO_CONFIG), "--output-dir", str(tmp_path), "run.epochs=1"])
+    args.output_dir = args.output_dir.resolve()
+    overrides = run_overrides("tempnet", 0, args.output_dir, args.overrides, args.config)
+    demo = load_config(TrainConfig, args.config, overrides)
+    assert demo.model.name == "clipdro-efflite0-minilm" and demo.loss.name == "tempnet" and demo.loss.rho == 5.0
+    assert load_config(TrainConfig, BASE_CONFIG, overrides).model.name == "clipdro-tiny-vit"
+    run_dir, seconds = train("clip", 0, args)
+    [command] = no_subprocess
+    assert command[:5] == [sys.executable, "-m", "clipdro.cli", "train", "--config"] and command[5] == str(DEMO_CONFIG)
+    assert "run.name=clip-seed0" in command and seconds is not None and run_dir == tmp_path / "clip-seed0"
+    # A finished run of the demo config's resolved config is reused; under the default config it is not.
+    expected = to_dict(load_config(TrainConfig, DEMO_CONFIG, run_overrides("clip", 0, args.output_dir,
+                                                                           args.overrides, DEMO_CONFIG)))
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(expected))
+    (run_dir / "metrics.jsonl").write_text('{"step": 22, "eval": {}}\n')
+    assert train("clip", 0, args) == (run_dir, None) and len(no_subprocess) == 1
+    args.config = BASE_CONFIG
+    train("clip", 0, args)
+    assert len(no_subprocess) == 2 and no_subprocess[1][5] == str(BASE_CONFIG)
+
+
+def test_the_oracle_command_passes_the_config_to_oracle_tau(tmp_path, no_subprocess, monkeypatch):
+    args = parse_args(["--config", str(DEMO_CONFIG), "--output-dir", str(tmp_path)])
+    train("oracle-half", 1, args)
+    [command] = no_subprocess
+    assert command[1:5] == ["-m", "benchmarks.paper.oracle_tau", "--config", str(DEMO_CONFIG)]
+    level = load_config(TrainConfig, DEMO_CONFIG).temperature.init  # the demo config's own sogclr level
+    assert f"loss.options.level={level}" in command and "loss.options.strength=0.5" in command
+    # oracle_tau parses that command line and trains with that config and these overrides.
+    received = []
+    monkeypatch.setattr(oracle_tau, "train_main", lambda argv: received.append(argv) or 0)
+    assert oracle_tau.main(command[3:]) == 0
+    [argv] = received
+    assert argv[:2] == ["--config", str(DEMO_CONFIG)] and argv[-1] == f"loss.options.level={level}"
+    resolved = load_config(TrainConfig, argv[1], argv[2:])
+    assert resolved.loss.options == {"level": level, "strength": 0.5} and resolved.run.name == "oracle-half-seed1"
+    assert resolved.model.name == "clipdro-efflite0-minilm"
+
+
+# ------------------------------------------------------------------------------ per-query evaluation
+
+
+def test_per_query_evaluation_runs_clipdro_eval_only_when_a_file_is_missing(tmp_path, monkeypatch):
+    config = load_config(TrainConfig, BASE_CONFIG, [])
+    sets = eval_sets(config)
+    test_set = REPO_ROOT / "data" / "openclipart" / "test"
+    assert sets == {"retrieval": (test_set, "openclipart-test"), "zeroshot": (test_set, "openclipart-test")}
+    commands = []
+
+    def fake_eval(command, **kwargs):  # writes what clipdro eval would, at --output
+        assert kwargs["cwd"] == REPO_ROOT and kwargs["check"]
+        commands.append(command)
+        output = command[command.index("--output") + 1]
+        Path(output).write_text(json.dumps({"step": 22, "metrics": {}}))
+
+    monkeypatch.setattr(reproduce_table.subprocess, "run", fake_eval)
+    run_dir = tmp_path / "clip-seed0"
+    run_dir.mkdir()
+    files = per_query_eval(run_dir, sets, config, step=22)
+    assert files == {"retrieval": run_dir / "eval_retrieval.json", "zeroshot": run_dir / "eval_zeroshot.json"}
+    assert all(path.exists() for path in files.values()) and not list(run_dir.glob("*.partial.json"))
+    retrieval_command, zeroshot_command = commands
+    assert retrieval_command[:6] == [sys.executable, "-m", "clipdro.cli", "eval", "retrieval", "--checkpoint"]
+    assert retrieval_command[6] == str(run_dir) and zeroshot_command[4] == "zeroshot"
+    for command in commands:
+        assert command[command.index("--data") + 1] == str(test_set)
+        assert command[command.index("--device") + 1] == "cpu"
+        assert command[command.index("--precision") + 1] == "fp32"
+    assert retrieval_command[-4:] == ["--recall-k", "1", "5", "10"]
+    per_query_eval(run_dir, sets, config, step=22)
+    assert len(commands) == 2  # both files there: nothing run
+    files["zeroshot"].unlink()
+    per_query_eval(run_dir, sets, config, step=22)
+    assert len(commands) == 3 and commands[-1][4] == "zeroshot"
+    per_query_eval(run_dir, sets, config, step=44)  # files of another checkpoint are made again
+    assert len(commands) == 5
+
+
+# ------------------------------------------------------------------------------ paired intervals
+
+# A tiny evaluation set: 10 images with 2 captions each (20 caption queries), 6 classes.
+IMAGES = [f"images/{i}.png" for i in range(10)]
+TEXTS = [f"caption {j}" for j in range(20)]
+TEXT_TO_IMAGE = [j // 2 for j in range(20)]
+LABELS = [i % 6 for i in range(10)]
+
+
+def ranks_for(method, seed):
+    """Per-query ranks of one run: image retrieval (per caption, capped at 10), text retrieval (per
+    image), true-class rank (per image).  sogclr's equal clip's, so sogclr − clip is exactly 0."""
+    rng = np.random.default_rng([{"clip": 0, "sogclr": 0, "tempnet": 1}[method], seed])
+    return rng.integers(0, 11, 20), rng.integers(0, 11, 10), rng.integers(0, 6, 10)
+
+
+def write_eval_files(run_dir, method, seed):
+    """RUN/eval_retrieval.json and RUN/eval_zeroshot.json as clipdro eval --checkpoint writes them."""
+    image_ranks, text_ranks, class_ranks = ranks_for(method, seed)
+    common = {"model": "clipdro-tiny-vit", "pretrained": None, "checkpoint": str(run_dir / "checkpoints" / "last.pt"),
+              "step": 22, "loss": method, "data": "/data/tiny", "dataset": "tiny"}
+    write_results(run_dir / "eval_retrieval.json", {
+        "task": "retrieval", **common, "recall_k": [1, 5, 10], "num_images": 10, "num_texts": 20,
+        "metrics": retrieval.metrics_from_ranks({"image_retrieval": image_ranks, "text_retrieval": text_ranks}),
+        "timings": {"embedding_s": 0.1, "search_s": 0.01}, "precision": "fp32", "device": "cpu",
+        "per_query": {"format": PER_QUERY_FORMAT, "query_sha256": query_sha256(IMAGES, texts=TEXTS,
+                                                                               text_to_image=TEXT_TO_IMAGE),
+                      "rank_cap": 10, "image_retrieval_rank": image_ranks.tolist(),
+                      "text_retrieval_rank": text_ranks.tolist()}})
+    write_results(run_dir / "eval_zeroshot.json", {
+        "task": "zeroshot", **common, "classnames": "evalset", "templates": "evalset", "num_images": 10,
+        "num_classes": 6, "metrics": zeroshot.metrics_from_ranks(class_ranks, LABELS, 6),
+        "timings": {"search_s": 0.01}, "precision": "fp32", "device": "cpu",
+        "per_query": {"format": PER_QUERY_FORMAT, "query_sha256": query_sha256(IMAGES, labels=LABELS),
+                      "rank_cap": None, "label": LABELS, "true_class_rank": class_ranks.tolist()}})
+    return {"retrieval": f"{run_dir.name}/eval_retrieval.json", "zeroshot": f"{run_dir.name}/eval_zeroshot.json"}
+
+
+def hand_metrics(method, seed):
+    """The METRICS of one run computed by hand from its ranks."""
+    image_ranks, text_ranks, class_ranks = ranks_for(method, seed)
+    return {"IR@1": np.mean(image_ranks < 1), "IR@5": np.mean(image_ranks < 5), "IR@10": np.mean(image_ranks < 10),
+            "TR@1": np.mean(text_ranks < 1), "TR@5": np.mean(text_ranks < 5), "TR@10": np.mean(text_ranks < 10),
+            "zero-shot top-1": np.mean(class_ranks == 0), "zero-shot top-5": np.mean(class_ranks < 5)}
+
+
+SEEDS = {"clip": [0, 1, 2], "sogclr": [0, 1], "tempnet": [1, 2]}  # tempnet and clip share seeds 1 and 2
+
+
+@pytest.fixture
+def evaluated_runs(tmp_path):
+    runs = []
+    for method, seeds in SEEDS.items():
+        for seed in seeds:
+            run_dir = tmp_path / f"{method}-seed{seed}"
+            run_dir.mkdir()
+            run = fake_run(method, seed, 0.0, taus=method == "tempnet")
+            run["metrics"] = hand_metrics(method, seed)
+            run["eval_files"] = write_eval_files(run_dir, method, seed)
+            runs.append(run)
+    return runs
+
+
+def test_interval_tables_are_against_the_baseline_and_sogclr():
+    assert interval_pairs(["clip", "sogclr", "tempnet"], "clip") == [
+        ("sogclr", "clip"), ("tempnet", "clip"), ("tempnet", "sogclr")]
+    assert interval_pairs(["clip", "sogclr", "tempnet"], "sogclr") == [("clip", "sogclr"), ("tempnet", "sogclr")]
+    assert interval_pairs(["clip", "tempnet"], "clip") == [("tempnet", "clip")]
+    assert interval_pairs(["sogclr", "tempnet"], "clip") == []  # no baseline in the sweep: no tables (as above)
+
+
+def test_paired_intervals_pair_equal_seeds_and_pool_them(evaluated_runs, tmp_path):
+    entry = paired_intervals(evaluated_runs, "tempnet", "clip", tmp_path, replicates=400, seed=3)
+    assert entry["seeds"] == [1, 2] and (entry["method"], entry["reference"]) == ("tempnet", "clip")
+    assert list(entry["metrics"]) == [title for title, _ in METRICS]
+    for title, item in entry["metrics"].items():
+        pair_diffs = [hand_metrics("tempnet", s)[title] - hand_metrics("clip", s)[title] for s in (1, 2)]
+        assert item["pair_diffs"] == pytest.approx(pair_diffs)
+        assert item["diff"] == pytest.approx(np.mean(pair_diffs))
+        assert item["a"] == pytest.approx(np.mean([hand_metrics("tempnet", s)[title] for s in (1, 2)]))
+        assert item["low"] <= item["diff"] + 1e-12 and item["diff"] - 1e-12 <= item["high"]
+        queries = ("captions", 20) if title.startswith("IR") else ("images", 10)
+        assert (item["queries"], item["num_queries"]) == queries
+    # the interval is clipdro eval compare's on the same files, A B A2 B2 in seed order
+    sources = [str(tmp_path / f"{name}-seed{s}" / "eval_retrieval.json")
+               for s in (1, 2) for name in ("tempnet", "clip")]
+    records = [json.loads(Path(source).read_text()) for source in sources]
+    direct = {item.metric: item for item in compare.compare_results(records, sources, 400, 3)}
+    assert (entry["metrics"]["TR@5"]["low"], entry["metrics"]["TR@5"]["high"]) == (
+        direct["text_retrieval_recall@5"].low, direct["text_retrieval_recall@5"].high)
+    same = paired_intervals(evaluated_runs, "sogclr", "clip", tmp_path, replicates=200)
+    assert same["seeds"] == [0, 1]
+    assert all((item["diff"], item["low"], item["high"]) == (0.0, 0.0, 0.0) for item in same["metrics"].values())
+    assert paired_intervals(evaluated_runs, "tempnet", "sogclr", tmp_path)["seeds"] == [1]
+    assert paired_intervals([run for run in evaluated_runs if run["method"] != "clip"], "tempnet", "clip",
+                            tmp_path) is None
+
+
+def test_the_paired_interval_tables_in_results_md(evaluated_runs, tmp_path):
+    methods = ["clip", "sogclr", "tempnet"]
+    intervals = [paired_intervals(evaluated_runs, method, reference, tmp_path, replicates=300)
+                 for method, reference in interval_pairs(methods, "clip")]
+    table = markdown(evaluated_runs, summarise(evaluated_runs, methods), methods, "clip", intervals)
+    assert table.startswith("| method | IR@1 |") and "| tempnet-seed1 | 0.0500 (mean) |" in table  # as before
+    assert table.endswith(interval_markdown(intervals))
+    block = table.split("tempnet − clip, paired bootstrap 95 % interval over queries, seeds 1, 2 pooled "
+                        "(percentage points; 300 replicates, bootstrap seed 0):\n\n")[1].split("\n\n")[0]
+    rows = block.splitlines()
+    assert rows[:2] == ["| metric | difference (points) | 95 % interval (points) |", "|---|---:|---|"]
+    assert [row.split(" | ")[0] for row in rows[2:]] == [f"| {title}" for title, _ in METRICS]
+    tempnet = intervals[1]["metrics"]
+    for row, (title, _) in zip(rows[2:], METRICS, strict=True):
+        item = tempnet[title]
+        assert row == f"| {title} | {100 * item['diff']:+.2f} | [{100 * item['low']:+.2f}, {100 * item['high']:+.2f}] |"
+    ir1 = np.mean([hand_metrics("tempnet", s)["IR@1"] - hand_metrics("clip", s)["IR@1"] for s in (1, 2)])
+    assert rows[2].startswith(f"| IR@1 | {100 * ir1:+.2f} | [")
+    assert "sogclr − clip, paired bootstrap 95 % interval over queries, seeds 0, 1 pooled" in table
+    assert "| zero-shot top-5 | +0.00 | [+0.00, +0.00] |" in table  # sogclr = clip query by query
+    assert "tempnet − sogclr, paired bootstrap 95 % interval over queries, seed 1 (" in table
+    assert markdown(evaluated_runs, summarise(evaluated_runs, methods), methods) == \
+        markdown(evaluated_runs, summarise(evaluated_runs, methods), methods, intervals=[])  # no tables: as before
+
+
+def test_main_writes_the_interval_tables_without_training(evaluated_runs, tmp_path, monkeypatch, no_subprocess):
+    """main() on runs that are already trained and evaluated: nothing is run, the tables are written."""
+    def fake_train(method, seed, args):
+        run_dir = args.output_dir / f"{method}-seed{seed}"
+        metrics = hand_metrics(method, seed)
+        record = {f"openclipart-test/{key}": metrics[title] for title, key in METRICS}
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 22, "eval": record}) + "\n")
+        return run_dir, None
+
+    monkeypatch.setattr(reproduce_table, "train", fake_train)
+    monkeypatch.setattr(reproduce_table, "global_tau", lambda run_dir: 0.06)
+    monkeypatch.setattr(reproduce_table, "temperature_summary", lambda run_dir: fake_run("x", 0, 0, True)["taus"])
+    assert reproduce_table.main(["--methods", "clip", "tempnet", "--seeds", "1", "2", "--output-dir",
+                                 str(tmp_path), "--config", str(DEMO_CONFIG)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["settings"]["base_config"] == "configs/pretrained_demo.yaml"
+    test_set = "data/openclipart/test"
+    assert results["settings"]["eval_sets"] == {"retrieval": test_set, "zeroshot": test_set}
+    assert results["runs"][0]["eval_files"] == {"retrieval": "clip-seed1/eval_retrieval.json",
+                                                "zeroshot": "clip-seed1/eval_zeroshot.json"}
+    [entry] = results["paired_intervals"]
+    assert (entry["method"], entry["reference"], entry["seeds"], entry["replicates"]) == ("tempnet", "clip", [1, 2],
+                                                                                        compare.REPLICATES)
+    text = (tmp_path / "results.md").read_text()
+    assert "tempnet − clip, paired bootstrap 95 % interval over queries, seeds 1, 2 pooled" in text
+    assert "tempnet − clip per seed" in text and "| clip (2 seeds) |" in text  # the existing tables stay
+    assert no_subprocess == []  # the eval files were there: no clipdro eval, no training

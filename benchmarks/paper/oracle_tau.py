@@ -3,12 +3,13 @@
     python -m benchmarks.paper.oracle_tau run.name=oracle-seed0 temperature.min=0.04
     python -m benchmarks.paper.oracle_tau --level 0.06 run.name=oracle-level-seed0
     python -m benchmarks.paper.oracle_tau --level 0.06 --strength 0.5 run.name=oracle-half-seed0
+    python -m benchmarks.paper.oracle_tau --config configs/pretrained_demo.yaml --level 0.066 run.name=oracle-demo
 
 A TempNet approximates the per-anchor minimisation over tau of the robust objective (method.md §1):
 tau*_i is where KL(softmax(h_i / tau) || uniform) = rho. This script removes the approximation: it
-trains the ``sogclr`` estimator of ``benchmarks/paper/configs/reproduce.yaml`` (same estimator, same data
-order and budget as the reproduction table) but gives every image and text anchor of every batch its
-exact tau*_i (with the config's ``loss.rho``), found by bisection on the batch's gaps
+trains the ``sogclr`` estimator of ``--config`` (default ``benchmarks/paper/configs/reproduce.yaml``: same
+estimator, same data order and budget as the reproduction table) but gives every image and text anchor of every
+batch its exact tau*_i (with the config's ``loss.rho``), found by bisection on the batch's gaps
 (:func:`clipdro.analysis.best_taus`) and clipped to ``temperature.min`` / ``temperature.max``. With
 ``--level L`` the batch's tau* are rescaled so that their geometric mean is L before clipping: the temperature *level*
 is then fixed (as in sogclr with tau = L) and only the redistribution across samples remains, which
@@ -96,6 +97,8 @@ class OracleTauLoss(SogCLRLoss):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=BASE_CONFIG,
+                        help="base training config (default benchmarks/paper/configs/reproduce.yaml)")
     parser.add_argument("--level", type=float, default=None, help="fix the batch's geometric-mean tau")
     parser.add_argument("--shuffle", action="store_true",
                         help="control: permute each batch's taus across its anchors (same values, random owners)")
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         options.append("loss.options.shuffle=true")
     # The overrides come last: loss.options.* given there win over the flags.
     overrides = ["loss.name=oracle", *options, f"run.output_dir={REPO_ROOT / 'runs' / 'oracle'}", *args.overrides]
-    return train_main(["--config", str(BASE_CONFIG), *overrides])
+    return train_main(["--config", str(args.config), *overrides])
 
 
 if __name__ == "__main__":

@@ -4,15 +4,25 @@
     python -m benchmarks.paper.reproduce_table --methods clip sogclr isogclr tempnet oracle   # + the oracle
     python -m benchmarks.paper.reproduce_table --seeds 0 --methods clip tempnet run.epochs=2   # a quick look
     python -m benchmarks.paper.reproduce_table --methods sogclr oracle oracle-half oracle-inverted --baseline sogclr
+    python -m benchmarks.paper.reproduce_table --config configs/pretrained_demo.yaml \
+        --methods clip sogclr tempnet --output-dir runs/reproduce-pretrained-demo tempnet.start_epoch=0
 
-Every run trains ``clipdro-tiny-vit`` on the embedded openclipart training split with
-``benchmarks/paper/configs/reproduce.yaml`` plus the method's overrides (``METHODS`` below), so the
-model, the data order (``data.seed``), the initialisation (``run.seed``), the batch and the number
-of steps are the same for all methods of a seed. Each run is evaluated at its end by the trainer
-itself on the held-out split: retrieval recall@1/5/10 both ways and 22-way zero-shot accuracy.
-Runs of a per-sample method (``tempnet``, ``isogclr``) then get ``clipdro report``, whose
-``training_taus.csv`` gives the spread of the learned temperatures over the 5,712 training
-samples and their Spearman correlation with caption commonness (docs/evaluation.md).
+Every run trains with the base config ``--config`` (default ``benchmarks/paper/configs/reproduce.yaml``:
+``clipdro-tiny-vit`` on the embedded openclipart training split) plus the method's overrides
+(``METHODS`` below), so the model, the data order (``data.seed``), the initialisation (``run.seed``),
+the batch and the number of steps are the same for all methods of a seed. Each run is evaluated at
+its end by the trainer itself on the config's evaluation sets (``eval.retrieval[0]``,
+``eval.zeroshot[0]``; reproduce.yaml: the held-out split): retrieval recall@1/5/10 both ways and
+zero-shot top-1/top-5 accuracy (22-way). Runs of a per-sample method (``tempnet``, ``isogclr``) then
+get ``clipdro report``, whose ``training_taus.csv`` gives the spread of the learned temperatures over
+the 5,712 training samples and their Spearman correlation with caption commonness (docs/evaluation.md).
+
+Every run is also evaluated again with ``clipdro eval retrieval|zeroshot --checkpoint RUN --device cpu
+--precision fp32`` on the same two sets (``RUN/eval_retrieval.json``, ``RUN/eval_zeroshot.json``,
+made only when missing), whose per-query ranks give paired intervals: for each method other than
+``--baseline``, method − baseline (and method − sogclr when sogclr is in the sweep) with a paired
+bootstrap 95 % interval over the queries, seed s of the method paired with seed s of the reference
+and the seeds pooled (``clipdro.eval.compare``, docs/evaluation.md "Comparing two models").
 
 Runs are done seed by seed (all methods of seed 0 first), so a partial sweep is balanced. A run
 whose folder already holds a finished run of exactly the same resolved config is reused, not
@@ -20,8 +30,9 @@ retrained: rerunning the command after an interruption continues the sweep (``--
 Extra ``key=value`` arguments override the config of every run (e.g. ``run.epochs=2``).
 
 Outputs in ``--output-dir`` (default ``runs/reproduce``): one folder per run, ``results.json``
-(settings, hardware, every run, summaries), ``results.md`` (the mean ± std table, per-seed
-differences of each method from ``--baseline`` (default clip), temperature spreads) and ``--figure``
+(settings, hardware, every run, summaries, ``paired_intervals``: fractions, not points),
+``results.md`` (the mean ± std table, per-seed differences of each method from ``--baseline``
+(default clip), temperature spreads, then the paired-interval tables in points) and ``--figure``
 (default ``OUTPUT_DIR/reproduce_table.png``).
 """
 
@@ -42,11 +53,18 @@ from pathlib import Path
 
 import benchmarks.paper.oracle_tau  # noqa: F401  (registers the oracle loss: its configs resolve here too)
 from clipdro.config import TrainConfig, load_config, to_dict
+from clipdro.data.evalset import EvalSet
+from clipdro.eval import compare
+from clipdro.eval.results import load_results
 from clipdro.eval.temperature_report import spearman
+from clipdro.eval.zeroshot import load_labelled_set
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "reproduce.yaml"
-EVAL_SET = "openclipart-test"
+# The per-query evaluation files of a run (clipdro eval ... --output), by task.
+EVAL_FILES = {"retrieval": "eval_retrieval.json", "zeroshot": "eval_zeroshot.json"}
+# The second reference of the paired intervals (besides --baseline) when it is in the sweep.
+SECOND_REFERENCE = "sogclr"
 
 # Each method's settings on top of the base config. Everything else (model, data, batch, steps,
 # optimiser, tau range, rho, gamma) is shared; docs/results.md explains every choice.
@@ -77,6 +95,16 @@ METRICS = [
 ]
 
 
+def metric_task(key: str) -> str:
+    """The evaluation task of a METRICS key: zeroshot_* keys are zero-shot, the rest retrieval."""
+    return "zeroshot" if key.startswith("zeroshot_") else "retrieval"
+
+
+def result_metric(key: str) -> str:
+    """A METRICS key's name in a ``clipdro eval`` result file (and its per_query comparison)."""
+    return key.removeprefix("zeroshot_")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. run.epochs=2")
@@ -87,17 +115,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     parser.add_argument("--baseline", default="clip", choices=list(METHODS),
                         help="the method every other one is compared with seed by seed in results.md")
-    return parser.parse_args(argv)
+    parser.add_argument("--config", type=Path, default=BASE_CONFIG,
+                        help="base config of every run (default benchmarks/paper/configs/reproduce.yaml); "
+                             "a relative path not found from here is looked up from the repository root")
+    args = parser.parse_args(argv)
+    args.config = resolve_config(args.config)
+    if not args.config.is_file():
+        parser.error(f"--config: no such file: {args.config}")
+    return args
+
+
+def resolve_config(path: Path) -> Path:
+    """``path`` made absolute (the runs train in the repository root): from the current directory, or
+    from the repository root when it is relative and only there."""
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    return path.resolve()
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository root when inside it (as results.json records it), else absolute."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path.resolve())
 
 
 # ------------------------------------------------------------------------------ one run
 
 
-def run_overrides(method: str, seed: int, output_dir: Path, extra: list[str]) -> list[str]:
+def run_overrides(method: str, seed: int, output_dir: Path, extra: list[str],
+                  config: Path = BASE_CONFIG) -> list[str]:
     overrides = [*METHODS[method], f"run.seed={seed}", f"data.seed={seed}", f"run.output_dir={output_dir}",
                  f"run.name={method}-seed{seed}", *extra]
     if method in ORACLE_STRENGTHS:  # at sogclr's level, temperature.init as resolved: only the spread differs
-        overrides.append(f"loss.options.level={load_config(TrainConfig, BASE_CONFIG, overrides).temperature.init}")
+        overrides.append(f"loss.options.level={load_config(TrainConfig, config, overrides).temperature.init}")
     return overrides
 
 
@@ -122,25 +174,25 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
     return record is not None and record["step"] == steps
 
 
-def train_command(method: str, overrides: list[str]) -> list[str]:
+def train_command(method: str, overrides: list[str], config: Path = BASE_CONFIG) -> list[str]:
     """The command line of one run (the oracle's entry point registers its loss, then trains)."""
     if method in ORACLE_STRENGTHS:
-        entry_point = ["-m", "benchmarks.paper.oracle_tau"]
+        entry_point = ["-m", "benchmarks.paper.oracle_tau", "--config", str(config)]
     else:
-        entry_point = ["-m", "clipdro.cli", "train", "--config", str(BASE_CONFIG)]
+        entry_point = ["-m", "clipdro.cli", "train", "--config", str(config)]
     return [sys.executable, *entry_point, *overrides]
 
 
 def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float | None]:
     """Train (or reuse) one run; returns its folder and the training wall time (None when reused)."""
-    overrides = run_overrides(method, seed, args.output_dir, args.overrides)
-    expected = to_dict(load_config(TrainConfig, BASE_CONFIG, overrides))
+    overrides = run_overrides(method, seed, args.output_dir, args.overrides, args.config)
+    expected = to_dict(load_config(TrainConfig, args.config, overrides))
     run_dir = args.output_dir / f"{method}-seed{seed}"
     if not args.fresh and finished_with(run_dir, expected):
         print(f"[{method} seed {seed}] reusing the finished run in {run_dir}", flush=True)
         return run_dir, None
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = train_command(method, overrides)
+    command = train_command(method, overrides, args.config)
     print(f"[{method} seed {seed}] {' '.join(command)}", flush=True)
     started = time.perf_counter()
     with open(args.output_dir / f"{method}-seed{seed}.console.txt", "w") as console:
@@ -148,6 +200,54 @@ def train(method: str, seed: int, args: argparse.Namespace) -> tuple[Path, float
     seconds = time.perf_counter() - started
     print(f"[{method} seed {seed}] trained in {seconds / 60:.1f} min", flush=True)
     return run_dir, seconds
+
+
+def eval_sets(config: TrainConfig) -> dict[str, tuple[Path, str]]:
+    """Per task, the folder and name of the config's first evaluation set (``eval.retrieval[0]``,
+    ``eval.zeroshot[0]``, relative paths from the repository root, where the runs train): the
+    trainer logs its metrics as ``NAME/key``, and the per-query evaluation uses the same folder."""
+    sets = {}
+    for task, paths in (("retrieval", config.eval.retrieval), ("zeroshot", config.eval.zeroshot)):
+        if not paths:
+            raise SystemExit(f"the config has no eval.{task} set: the table needs retrieval and zero-shot metrics")
+        folder = REPO_ROOT / paths[0]  # an absolute path stays as it is
+        evalset = EvalSet.load(folder) if task == "retrieval" else load_labelled_set(folder)
+        sets[task] = folder, evalset.name
+    return sets
+
+
+def per_query_eval(run_dir: Path, sets: dict[str, tuple[Path, str]], config: TrainConfig,
+                   step: int | None = None) -> dict[str, Path]:
+    """``RUN/eval_retrieval.json`` and ``RUN/eval_zeroshot.json`` (per-query ranks), each made with
+    ``clipdro eval TASK --checkpoint RUN`` on the CPU in fp32 when missing, or when it holds another
+    checkpoint ``step`` than the run's final evaluation; returns them by task."""
+    files = {}
+    for task, (folder, _) in sets.items():
+        output = run_dir / EVAL_FILES[task]
+        if output.exists() and step is not None and json.loads(output.read_text()).get("step") not in (None, step):
+            output.unlink()  # from an earlier checkpoint of this folder
+        if not output.exists():
+            partial = output.with_name(output.stem + ".partial.json")  # no half-written file on an interruption
+            command = [sys.executable, "-m", "clipdro.cli", "eval", task, "--checkpoint", str(run_dir),
+                       "--data", str(folder), "--device", "cpu", "--precision", "fp32",
+                       "--batch-size", str(config.eval.batch_size), "--output", str(partial)]
+            if task == "retrieval":
+                command += ["--recall-k", *map(str, config.eval.recall_k)]
+            print(f"[{run_dir.name}] clipdro eval {task} --checkpoint {run_dir}", flush=True)
+            subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+            partial.replace(output)
+        files[task] = output
+    return files
+
+
+def check_against_training(run: dict, files: dict[str, Path]) -> None:
+    """Warn when the per-query evaluation does not reproduce the trainer's final metrics."""
+    records = {task: json.loads(path.read_text())["metrics"] for task, path in files.items()}
+    for title, key in METRICS:
+        value = records[metric_task(key)].get(result_metric(key))
+        if value is not None and abs(value - run["metrics"][title]) > 1e-6:
+            print(f"[{run['name']}] warning: {title} {100 * value:.2f} in {files[metric_task(key)].name} but "
+                  f"{100 * run['metrics'][title]:.2f} in training's final evaluation", flush=True)
 
 
 def temperature_summary(run_dir: Path) -> dict:
@@ -198,11 +298,70 @@ def paired_differences(runs: list[dict], method: str, baseline: str) -> dict[str
                     for seed in seeds] for title, _ in METRICS}
 
 
+def interval_pairs(methods: list[str], baseline: str) -> list[tuple[str, str]]:
+    """(method, reference) of the paired-interval tables: every method against the baseline, and
+    against sogclr too when sogclr is in the sweep and is not the baseline."""
+    if baseline not in methods:
+        return []
+    references = [baseline, *([SECOND_REFERENCE] if SECOND_REFERENCE in methods and SECOND_REFERENCE != baseline
+                               else [])]
+    return [(method, reference) for method in methods for reference in references
+            if method not in (baseline, reference)]
+
+
+def paired_intervals(runs: list[dict], method: str, reference: str, output_dir: Path,
+                     replicates: int = compare.REPLICATES, seed: int = 0) -> dict | None:
+    """method − reference for each METRICS metric with a paired bootstrap interval over queries
+    (:func:`clipdro.eval.compare.compare_results`): seed s of the method paired with seed s of the
+    reference, only seeds both have per-query files for, the seeds pooled.  Values are fractions;
+    None when no seed pairs up."""
+    by_key = {(run["method"], run["seed"]): run for run in runs if run.get("eval_files")}
+    seeds = sorted(s for (name, s) in by_key if name == method and (reference, s) in by_key)
+    if not seeds:
+        return None
+    metrics: dict[str, dict] = {}
+    for task in EVAL_FILES:
+        sources = [str(output_dir / by_key[(name, s)]["eval_files"][task])
+                   for s in seeds for name in (method, reference)]
+        comparisons = {item.metric: item for item in
+                       compare.compare_results(load_results(sources), sources, replicates, seed)}
+        for title, key in METRICS:
+            item = comparisons.get(result_metric(key)) if metric_task(key) == task else None
+            if item is not None:
+                metrics[title] = {"a": item.a, "b": item.b, "diff": item.diff, "low": item.low, "high": item.high,
+                                  "pair_diffs": list(item.pair_diffs), "queries": item.queries,
+                                  "num_queries": item.num_queries}
+    return {"method": method, "reference": reference, "seeds": seeds, "replicates": replicates,
+            "bootstrap_seed": seed, "confidence": compare.CONFIDENCE, "metrics": metrics}
+
+
+def interval_markdown(intervals: list[dict]) -> str:
+    """One table per entry of :func:`paired_intervals`: difference and interval in points."""
+    lines = []
+    for entry in intervals:
+        seeds = entry["seeds"]
+        label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} pooled"
+        lines += ["", f"{entry['method']} − {entry['reference']}, paired bootstrap "
+                  f"{100 * entry['confidence']:g} % interval over queries, {label} (percentage points; "
+                  f"{entry['replicates']} replicates, bootstrap seed {entry['bootstrap_seed']}):", "",
+                  f"| metric | difference (points) | {100 * entry['confidence']:g} % interval (points) |",
+                  "|---|---:|---|"]
+        for title, _ in METRICS:
+            item = entry["metrics"].get(title)
+            if item is None:  # e.g. top-5 with fewer than 5 classes
+                lines.append(f"| {title} | – | – |")
+            else:
+                lines.append(f"| {title} | {100 * item['diff']:+.2f} | "
+                             f"[{100 * item['low']:+.2f}, {100 * item['high']:+.2f}] |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def markdown(runs: list[dict], summary: dict, methods: list[str], baseline: str = "clip") -> str:
+def markdown(runs: list[dict], summary: dict, methods: list[str], baseline: str = "clip",
+             intervals: list[dict] | None = None) -> str:
     lines = ["| method | " + " | ".join(title for title, _ in METRICS) + " |",
              "|---|" + "---:|" * len(METRICS)]
     for method in methods:
@@ -237,10 +396,10 @@ def markdown(runs: list[dict], summary: dict, methods: list[str], baseline: str 
         else:
             kind = "global" if run["method"] in ("clip", "sogclr") else "last batch's mean"
             lines.append(f"| {run['name']} | {run['global_tau']:.4f} ({kind}) | – | – | – | {minutes} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + interval_markdown(intervals or [])
 
 
-def plot(runs: list[dict], summary: dict, methods: list[str], path: Path) -> None:
+def plot(runs: list[dict], summary: dict, methods: list[str], path: Path, model: str = "clipdro-tiny-vit") -> None:
     from matplotlib.figure import Figure  # no pyplot: files only, no display needed
 
     shown = ["IR@1", "IR@5", "TR@1", "TR@5", "zero-shot top-1"]
@@ -257,7 +416,7 @@ def plot(runs: list[dict], summary: dict, methods: list[str], path: Path) -> Non
             axes.scatter([x] * len(seeds), seeds, s=8, color="black", zorder=3)
     axes.set_xticks(range(len(shown)), shown)
     axes.set_ylabel("% on the 1,000 held-out openclipart images")
-    axes.set_title("clipdro-tiny-vit on openclipart: mean ± std over seeds (dots: single seeds)")
+    axes.set_title(f"{model} on openclipart: mean ± std over seeds (dots: single seeds)")
     axes.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -271,28 +430,38 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir = args.output_dir.resolve()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = load_config(TrainConfig, args.config, args.overrides)  # the methods' overrides leave eval alone
+    sets = eval_sets(config)
     runs = []
     for seed in args.seeds:
         for method in args.methods:
             run_dir, seconds = train(method, seed, args)
-            record = final_eval(run_dir)["eval"]
+            final = final_eval(run_dir)
+            record = final["eval"]
             run = {"method": method, "seed": seed, "name": run_dir.name, "train_seconds": seconds,
-                   "metrics": {title: record[f"{EVAL_SET}/{key}"] for title, key in METRICS}}
+                   "metrics": {title: record[f"{sets[metric_task(key)][1]}/{key}"] for title, key in METRICS}}
+            files = per_query_eval(run_dir, sets, config, final["step"])
+            check_against_training(run, files)
+            run["eval_files"] = {task: str(path.relative_to(args.output_dir)) for task, path in files.items()}
             if method in PER_SAMPLE_METHODS:
                 run["taus"] = temperature_summary(run_dir)
             else:
                 run["global_tau"] = global_tau(run_dir)
             runs.append(run)
     summary = summarise(runs, args.methods)
-    table = markdown(runs, summary, args.methods, args.baseline)
+    intervals = [entry for method, reference in interval_pairs(args.methods, args.baseline)
+                 if (entry := paired_intervals(runs, method, reference, args.output_dir)) is not None]
+    table = markdown(runs, summary, args.methods, args.baseline, intervals)
     figure = args.figure or args.output_dir / "reproduce_table.png"
-    plot(runs, summary, args.methods, figure)
-    settings = {"base_config": str(BASE_CONFIG.relative_to(REPO_ROOT)), "seeds": args.seeds, "baseline": args.baseline,
-                "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides}
+    plot(runs, summary, args.methods, figure, config.model.name)
+    settings = {"base_config": display_path(args.config), "seeds": args.seeds, "baseline": args.baseline,
+                "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides,
+                "eval_sets": {task: display_path(folder) for task, (folder, _) in sets.items()}}
     hardware = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                 "python": platform.python_version()}
     (args.output_dir / "results.json").write_text(json.dumps(
-        {"settings": settings, "hardware": hardware, "runs": runs, "summary": summary}, indent=2))
+        {"settings": settings, "hardware": hardware, "runs": runs, "summary": summary,
+         "paired_intervals": intervals}, indent=2))
     (args.output_dir / "results.md").write_text(table)
     print(table)
     print(f"wrote {args.output_dir / 'results.json'}, {args.output_dir / 'results.md'}, {figure}")
