@@ -243,10 +243,10 @@ class RunEngine:
         self._open_run_folder(job, step)
         stop_after = job.total_steps if self.run.stop_after is None else min(job.total_steps, self.run.stop_after)
         steps_per_epoch = len(job.batches)
-        metrics = self._evaluate(job, step) if job.evaluate_at_start and step == 0 else {}
-        batches = iter(job.batches)
-        self.logger.start_window(step)
         try:
+            metrics = self._evaluate(job, step) if job.evaluate_at_start and step == 0 else {}
+            batches = iter(job.batches)
+            self.logger.start_window(step)
             with Preemption() as preemption:
                 while step < stop_after:
                     data_start = time.perf_counter()
