@@ -51,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+import benchmarks.paper.dataset_oracle  # noqa: F401  (registers the dataset-oracle loss)
 import benchmarks.paper.oracle_tau  # noqa: F401  (registers the oracle loss: its configs resolve here too)
 from clipdro.config import TrainConfig, load_config, to_dict
 from clipdro.data.evalset import EvalSet
@@ -84,6 +85,11 @@ ORACLE_STRENGTHS = {"oracle": 1.0, "oracle-half": 0.5, "oracle-double": 2.0, "or
 # sogclr's estimator with oracle temperatures; run_overrides adds the level (the resolved temperature.init).
 METHODS |= {name: ["loss.name=oracle", f"loss.options.strength={strength}"]
             for name, strength in ORACLE_STRENGTHS.items()}
+# Each sample's tau* against the whole training set, refreshed per epoch (benchmarks.paper.dataset_oracle):
+# a temperature that depends on the sample alone, which a TempNet can represent.
+METHODS["dataset-oracle"] = ["loss.name=dataset-oracle"]
+ENTRY_POINTS = {**dict.fromkeys(ORACLE_STRENGTHS, "benchmarks.paper.oracle_tau"),
+                "dataset-oracle": "benchmarks.paper.dataset_oracle"}  # they register their loss, then train
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
@@ -175,9 +181,9 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
 
 
 def train_command(method: str, overrides: list[str], config: Path = BASE_CONFIG) -> list[str]:
-    """The command line of one run (the oracle's entry point registers its loss, then trains)."""
-    if method in ORACLE_STRENGTHS:
-        entry_point = ["-m", "benchmarks.paper.oracle_tau", "--config", str(config)]
+    """The command line of one run (an oracle's entry point registers its loss, then trains)."""
+    if method in ENTRY_POINTS:
+        entry_point = ["-m", ENTRY_POINTS[method], "--config", str(config)]
     else:
         entry_point = ["-m", "clipdro.cli", "train", "--config", str(config)]
     return [sys.executable, *entry_point, *overrides]
