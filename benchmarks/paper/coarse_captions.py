@@ -20,10 +20,11 @@ the same pictures in the same order; each changed sample's metadata keeps its ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import webdataset as wds
@@ -40,23 +41,42 @@ def family_caption(source: str) -> str:
     return f"clip art of {folders[-1].replace('_', ' ')}"
 
 
-def coarsened(shards: Path, fraction: float, seed: int) -> Iterator[ShardSample]:
-    """The samples of ``shards`` in order, a seeded ``fraction`` of them with their family caption."""
-    manifest = Manifest.load(shards)
-    coarse_ids = set(random.Random(seed).sample(range(manifest.num_samples), round(fraction * manifest.num_samples)))
+def clean_samples(shards: Path) -> Iterator[tuple[int, ShardSample]]:
+    """(position, sample) of a dense shard folder in order; the metadata keeps everything but sample_id."""
     position = 0
-    for url in manifest.shard_urls():
+    for url in Manifest.load(shards).shard_urls():
         for raw in wds.tarfile_samples([{"url": url}]):
             metadata = json.loads(raw["json"])
             if metadata.pop("sample_id") != position:
                 raise ValueError(f"{url}: sample ids are not dense in shard order at {position}")
             extension = next(ext for ext in IMAGE_EXTS if ext in raw)
-            caption = raw["txt"].decode("utf-8")
-            if position in coarse_ids:
-                metadata["original_caption"] = caption
-                caption = family_caption(metadata["source"])
-            yield ShardSample(raw[extension], extension, caption, metadata)
+            yield position, ShardSample(raw[extension], extension, raw["txt"].decode("utf-8"), metadata)
             position += 1
+
+
+def rewritten(shards: Path, new_caption: Callable[[int, ShardSample], str | None]) -> Iterator[ShardSample]:
+    """The samples of ``shards`` in order; where ``new_caption(position, sample)`` gives a caption it
+    replaces the sample's, whose metadata then keeps the ``original_caption``."""
+    for position, sample in clean_samples(shards):
+        caption = new_caption(position, sample)
+        if caption is not None:
+            sample.metadata["original_caption"] = sample.caption
+            sample = dataclasses.replace(sample, caption=caption)
+        yield sample
+
+
+def coarsened(shards: Path, fraction: float, seed: int) -> Iterator[ShardSample]:
+    """The samples of ``shards`` in order, a seeded ``fraction`` of them with their family caption."""
+    manifest = Manifest.load(shards)
+    coarse_ids = set(random.Random(seed).sample(range(manifest.num_samples), round(fraction * manifest.num_samples)))
+    return rewritten(shards, lambda position, sample:
+                     family_caption(sample.metadata["source"]) if position in coarse_ids else None)
+
+
+def write_like(samples: Iterator[ShardSample], shards: Path, output: Path) -> Manifest:
+    """Write ``samples`` to ``output`` with the shard sizes of ``shards``."""
+    sizes = [shard.num_samples for shard in Manifest.load(shards).shards]
+    return write_shards(samples, output, samples_per_shard=max(sizes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.fraction <= 1.0:
         parser.error(f"--fraction must be in [0, 1], got {args.fraction}")
-    sizes = [shard.num_samples for shard in Manifest.load(args.shards).shards]
-    manifest = write_shards(coarsened(args.shards, args.fraction, args.seed), args.output,
-                            samples_per_shard=max(sizes))
+    manifest = write_like(coarsened(args.shards, args.fraction, args.seed), args.shards, args.output)
     print(f"wrote {manifest.num_samples} samples ({args.fraction:.0%} with family captions) to {args.output}")
     return 0
 
