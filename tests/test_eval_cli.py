@@ -52,6 +52,7 @@ def test_retrieval_result_file(result_files, evalset_dir):
     assert set(record["timings"]) == {"embedding_s", "search_s"}
     assert set(record["versions"]) == {"clipdro", "torch", "open_clip", "faiss"}
     assert record["device"] == "cpu" and record["faiss_gpus"] == 0
+    assert record["retrieval_backend"] == "faiss-cpu"  # what searched: faiss-cpu is this machine's build
     assert record["precision"] == "fp32"  # --precision auto: exact on the CPU
 
 
@@ -76,12 +77,38 @@ def test_retrieval_result_file_has_per_query_ranks_that_give_its_metrics(result_
     assert '"image_retrieval_rank": [' + ",".join(map(str, per_query["image_retrieval_rank"])) + "]" in text
 
 
+def test_exact_ranks_record_the_brute_force_backend(evalset_dir, tmp_path):
+    output = tmp_path / "exact.json"
+    assert main(["eval", "retrieval", "--model", "clipdro-tiny-vit", "--data", str(evalset_dir), "--device", "cpu",
+                 "--exact-ranks", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["retrieval_backend"] == "brute force (exact ranks)"
+
+
+def test_without_faiss_only_the_faiss_search_stops(evalset_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from clipdro.eval import faiss_backend
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    monkeypatch.setattr(faiss_backend, "installed_faiss_distributions", lambda: [])
+    common = ["--model", "clipdro-tiny-vit", "--data", str(evalset_dir), "--device", "cpu"]
+    assert main(["eval", "retrieval", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'clipdro[cpu]' (or 'clipdro[gpu]' on a CUDA machine)" in err[0]
+    for task, extra in (("retrieval", ["--exact-ranks"]), ("zeroshot", [])):
+        output = tmp_path / f"{task}.json"
+        assert main(["eval", task, *common, *extra, "--output", str(output)]) == 0
+        record = json.loads(output.read_text())
+        assert record["versions"]["faiss"] is None and record["faiss_gpus"] is None
+
+
 def test_zeroshot_result_file(result_files):
     record = json.loads(result_files[1].read_text())
     assert (record["task"], record["classnames"], record["templates"]) == ("zeroshot", "evalset", "evalset")
     assert list(record["metrics"]) == ["acc1", "acc5", "mean_per_class_recall"]
     assert all(0.0 <= value <= 1.0 for value in record["metrics"].values())
     assert set(record["timings"]) == {"classifier_s", "embedding_s", "search_s"}
+    assert "retrieval_backend" not in record
     per_query = record["per_query"]
     assert per_query["label"] == [i % 6 for i in range(8)] and per_query["rank_cap"] is None
     assert per_query["query_sha256"] == query_sha256([f"images/{i}.png" for i in range(8)], labels=per_query["label"])

@@ -226,3 +226,79 @@ def test_accepts_half_precision_tensors_and_numpy():
     from_bf16 = retrieval_metrics(images.bfloat16(), texts.bfloat16(), text_to_image.tolist())
     assert from_numpy.keys() == from_bf16.keys()
     assert all(math.isfinite(value) for value in from_bf16.values())
+
+
+# --- the faiss import guard and the recorded backend ------------------------------------------
+
+def _pretend_installed(monkeypatch, names: set[str]) -> None:
+    """importlib.metadata as clipdro's faiss guard sees it: exactly ``names`` among the faiss distributions."""
+    from clipdro.eval import faiss_backend
+
+    real_version = faiss_backend.metadata.version
+
+    def version(name: str) -> str:
+        if name in faiss_backend.FAISS_DISTRIBUTIONS:
+            if name in names:
+                return "1.15.1"
+            raise faiss_backend.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(faiss_backend.metadata, "version", version)
+
+
+def test_faiss_guard_refuses_both_builds_with_the_fix(monkeypatch):
+    from clipdro.errors import UsageError
+    from clipdro.eval.faiss_backend import load_faiss
+
+    _pretend_installed(monkeypatch, {"faiss-cpu", "faiss-gpu"})
+    with pytest.raises(UsageError, match="faiss-cpu and faiss-gpu are both installed") as refusal:
+        load_faiss()
+    assert "pip uninstall -y faiss-cpu faiss-gpu && pip install 'clipdro[gpu]'" in str(refusal.value)
+    images, texts = features_from_scores(ONE_CAPTION_SCORES)
+    with pytest.raises(UsageError, match="both installed"):  # the FAISS search path goes through the guard
+        retrieval_metrics(images, texts, range(3))
+    assert retrieval_metrics(images, texts, range(3), exact_ranks=True)  # brute force needs no faiss
+
+
+def test_faiss_guard_refuses_a_missing_faiss_with_the_fix(monkeypatch):
+    import sys
+
+    from clipdro.errors import UsageError
+    from clipdro.eval.faiss_backend import faiss_environment, load_faiss
+
+    _pretend_installed(monkeypatch, set())
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'clipdro\[cpu\]' \(or 'clipdro\[gpu\]' on a CUDA machine\)"):
+        load_faiss()
+    assert faiss_environment() == {"faiss": None, "faiss_gpus": None}  # result files: null, not a crash
+
+
+def test_search_backend_names_what_searches(monkeypatch):
+    import faiss
+
+    from clipdro.eval.retrieval import BRUTE_FORCE_BACKEND, search_backend
+
+    assert search_backend((1, 5, 10), (100, 500), exact_ranks=True) == BRUTE_FORCE_BACKEND
+    assert BRUTE_FORCE_BACKEND == "brute force (exact ranks)"
+    _pretend_installed(monkeypatch, {"faiss-cpu"})
+    assert search_backend((1, 5, 10), (100, 500)) == "faiss-cpu"
+    _pretend_installed(monkeypatch, {"faiss-gpu"})
+    assert search_backend((1, 5, 10), (100, 500)) == "faiss-cpu (faiss-gpu installed, no GPU visible)"
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    assert search_backend((1, 5, 10), (100, 500)) == "faiss-gpu (1 GPU)"
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 4)
+    assert search_backend((1, 5, 10), (100, 500)) == "faiss-gpu (1 GPU of 4 visible)"
+    # k above faiss-gpu's limit: the CPU index, unless the gallery is smaller than the limit anyway.
+    assert search_backend((1, 3000), (100_000, 500_000)) == (
+        "faiss-cpu (faiss-gpu's top-k is limited to k <= 2048, k = 3000)")
+    assert search_backend((1, 3000), (1000, 500_000)) == (
+        "1000-item gallery: faiss-gpu (1 GPU of 4 visible); "
+        "500000-item gallery: faiss-cpu (faiss-gpu's top-k is limited to k <= 2048, k = 3000)")
+
+
+def test_use_gpu_forces_or_requires_an_index():
+    images, texts = features_from_scores(ONE_CAPTION_SCORES)
+    groups = np.arange(3, dtype=np.int64)
+    assert faiss_positive_ranks(texts, images, groups, groups, k=2, use_gpu=False).tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match="use_gpu=True needs faiss-gpu"):  # faiss-cpu here: no GPU index
+        faiss_positive_ranks(texts, images, groups, groups, k=2, use_gpu=True)

@@ -22,7 +22,7 @@ import torch
 
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageArgumentParser, UsageError
-from clipdro.eval import compare
+from clipdro.eval import compare, retrieval
 from clipdro.eval.results import load_results, run_environment, summary_table, write_results
 from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import (
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "retrieval":
         result = evaluate_retrieval(model, preprocess, tokenizer, evalset, args.recall_k,
                                     exact_ranks=args.exact_ranks, **loader_options)
-        task_options = {"recall_k": args.recall_k}
+        task_options = {"recall_k": args.recall_k,
+                        "retrieval_backend": retrieval.search_backend(
+                            args.recall_k, (result.sizes["num_images"], result.sizes["num_texts"]),
+                            exact_ranks=args.exact_ranks)}
     else:
         result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classnames, templates,
                                    **loader_options)

@@ -1,7 +1,9 @@
 """Evaluation result files (one JSON object per run) and the tables that summarise them.
 
 A result file holds: task, model, pretrained, data, dataset, sizes, metrics, timings,
-versions (clipdro, torch, open_clip, faiss), device, faiss_gpus, per_query; a trained run evaluated with
+versions (clipdro, torch, open_clip, faiss), device, faiss_gpus, per_query; a retrieval result adds
+retrieval_backend (what searched: ``faiss-cpu``, ``faiss-gpu (1 GPU)``, ``brute force (exact ranks)``,
+see :func:`clipdro.eval.retrieval.search_backend`); a trained run evaluated with
 ``--checkpoint`` adds checkpoint (the file), step and loss (the run's loss name).  Metrics are fractions in
 [0, 1] (CLIP_benchmark's convention); a NaN metric (acc5 with fewer than 5 classes) is
 written as null so the file is strict JSON.  ``per_query`` (format PER_QUERY_FORMAT) holds the
@@ -20,12 +22,12 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import faiss
 import open_clip
 import torch
 
 import clipdro
 from clipdro.errors import UsageError
+from clipdro.eval.faiss_backend import faiss_environment
 
 # Leading columns of a summary table; metric columns follow in first-seen order.
 ID_COLUMNS = ("task", "dataset", "model", "pretrained")
@@ -56,13 +58,15 @@ def query_sha256(images: Sequence[str], *, texts: Sequence[str] | None = None,
 
 
 def run_environment(device: torch.device) -> dict:
-    """versions (clipdro, torch, open_clip, faiss), device (``cpu`` or ``cuda:0 (GPU name)``), faiss_gpus."""
+    """versions (clipdro, torch, open_clip, faiss), device (``cpu`` or ``cuda:0 (GPU name)``), faiss_gpus
+    (faiss and faiss_gpus are null where faiss cannot be loaded: zero-shot and exact ranks run without it)."""
     described = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    faiss = faiss_environment()
     return {
         "versions": {"clipdro": clipdro.__version__, "torch": torch.__version__,
-                     "open_clip": open_clip.__version__, "faiss": faiss.__version__},
+                     "open_clip": open_clip.__version__, "faiss": faiss["faiss"]},
         "device": described,
-        "faiss_gpus": faiss.get_num_gpus(),
+        "faiss_gpus": faiss["faiss_gpus"],
     }
 
 

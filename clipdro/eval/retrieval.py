@@ -27,12 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
 import torch
 
+from clipdro.eval.faiss_backend import installed_faiss_distributions, load_faiss
+
 # faiss-gpu's brute-force top-k supports at most this k; larger k uses the CPU index.
 GPU_MAX_K = 2048
+# What search_backend says for exact_ranks (the chunked torch path; faiss is not used).
+BRUTE_FORCE_BACKEND = "brute force (exact ranks)"
 # Brute-force path: at most this many query x gallery scores (float32) per chunk, ~64 MB.
 MAX_SCORES_PER_CHUNK = 1 << 24
 
@@ -125,6 +128,41 @@ def metrics_from_ranks(ranks: dict[str, np.ndarray], ks: Sequence[int] = (1, 5, 
     return metrics
 
 
+def search_backend(ks: Sequence[int], gallery_sizes: Sequence[int], *, exact_ranks: bool = False) -> str:
+    """What :func:`retrieval_ranks` searches with, as result files record it (``retrieval_backend``):
+    ``brute force (exact ranks)``, ``faiss-cpu`` (FAISS's CPU index) or ``faiss-gpu (1 GPU)`` /
+    ``faiss-gpu (1 GPU of N visible)`` (a GpuIndexFlatIP on GPU 0), with the reason when faiss-gpu
+    falls back to its CPU index.  ``gallery_sizes``: the image and text gallery sizes (the number
+    of images and of captions); the two directions are named when they differ.  The rare
+    queries tied at the cut of the top-k list are re-ranked by the brute-force path whatever
+    the backend (see the module docstring)."""
+    if exact_ranks:
+        return BRUTE_FORCE_BACKEND
+    k = max(_validate_ks(ks))
+    backends = [faiss_index_backend(k, size) for size in gallery_sizes]
+    if len(set(backends)) == 1:
+        return backends[0]
+    return "; ".join(f"{size}-item gallery: {backend}" for size, backend in zip(gallery_sizes, backends, strict=True))
+
+
+def faiss_index_backend(k: int, gallery_size: int) -> str:
+    """The index :func:`faiss_positive_ranks` uses by default for top-``k`` over ``gallery_size`` items."""
+    faiss = load_faiss()
+    gpus = faiss.get_num_gpus()
+    k = min(k, gallery_size)
+    if _gpu_index_usable(faiss, k):
+        return "faiss-gpu (1 GPU)" if gpus == 1 else f"faiss-gpu (1 GPU of {gpus} visible)"
+    if gpus > 0:
+        return f"faiss-cpu (faiss-gpu's top-k is limited to k <= {GPU_MAX_K}, k = {k})"
+    if any(name.startswith("faiss-gpu") for name in installed_faiss_distributions()):
+        return "faiss-cpu (faiss-gpu installed, no GPU visible)"
+    return "faiss-cpu"
+
+
+def _gpu_index_usable(faiss, k: int) -> bool:
+    return faiss.get_num_gpus() > 0 and k <= GPU_MAX_K
+
+
 def faiss_positive_ranks(
     queries: np.ndarray,
     gallery: np.ndarray,
@@ -132,17 +170,27 @@ def faiss_positive_ranks(
     gallery_groups: np.ndarray,
     k: int,
     query_chunk_size: int = 1024,
+    *,
+    use_gpu: bool | None = None,
 ) -> np.ndarray:
     """Pessimistic rank of each query's best positive, exact below ``k``.
 
     Searches an exact inner-product index (IndexFlatIP; on the GPU when faiss sees one and
     k <= GPU_MAX_K) for the top k.  A returned rank r < k is exact; r >= k only says the
     query misses at every K <= k (the value is then k, or the exact rank for tie fallbacks).
+    ``use_gpu``: None picks as above (:func:`faiss_index_backend` names the choice); False
+    forces the CPU index; True requires the GPU index (a ValueError where it cannot be used).
     """
+    faiss = load_faiss()
     count, dim = gallery.shape
     k = min(k, count)  # asking for more than the gallery would return -1 ids
+    if use_gpu is None:
+        use_gpu = _gpu_index_usable(faiss, k)
+    elif use_gpu and not _gpu_index_usable(faiss, k):
+        raise ValueError(f"use_gpu=True needs faiss-gpu with a visible GPU and k <= {GPU_MAX_K} "
+                         f"(faiss sees {faiss.get_num_gpus()} GPUs, k = {k})")
     gpu_resources = None  # must outlive the GPU index
-    if faiss.get_num_gpus() > 0 and k <= GPU_MAX_K:
+    if use_gpu:
         gpu_resources = faiss.StandardGpuResources()
         index = faiss.GpuIndexFlatIP(gpu_resources, dim)
     else:
