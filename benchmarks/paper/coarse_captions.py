@@ -79,16 +79,22 @@ def write_like(samples: Iterator[ShardSample], shards: Path, output: Path) -> Ma
     return write_shards(samples, output, samples_per_shard=max(sizes))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def split_arguments(argv: list[str] | None, description: str, fraction: float, fraction_help: str,
+                    output: str) -> argparse.Namespace:
+    """The command line every rewritten-split script shares: --shards, --fraction, --seed, --output."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--shards", type=Path, default=REPO_ROOT / "data" / "openclipart" / "train",
-                        help="a shard folder with a manifest whose samples carry a 'source' path")
-    parser.add_argument("--fraction", type=float, default=0.3, help="share of captions replaced")
-    parser.add_argument("--seed", type=int, default=0, help="chooses which captions")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "runs" / "coarse-captions" / "train")
-    args = parser.parse_args(argv)
+                        help="a shard folder with dense sample ids in shard order")
+    parser.add_argument("--fraction", type=float, default=fraction, help=fraction_help)
+    parser.add_argument("--seed", type=int, default=0, help="chooses which samples change")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "runs" / output / "train")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = split_arguments(argv, __doc__.split("\n\n")[0], 0.3, "share of captions replaced", "coarse-captions")
     if not 0.0 <= args.fraction <= 1.0:
-        parser.error(f"--fraction must be in [0, 1], got {args.fraction}")
+        raise SystemExit(f"--fraction must be in [0, 1], got {args.fraction}")
     manifest = write_like(coarsened(args.shards, args.fraction, args.seed), args.shards, args.output)
     print(f"wrote {manifest.num_samples} samples ({args.fraction:.0%} with family captions) to {args.output}")
     return 0

@@ -20,12 +20,10 @@ changed sample's metadata keeps its ``original_caption`` and names its ``duplica
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-from pathlib import Path
 
-from benchmarks.paper.coarse_captions import REPO_ROOT, clean_samples, rewritten, write_like
+from benchmarks.paper.coarse_captions import clean_samples, rewritten, split_arguments, write_like
 from clipdro.data.manifest import Manifest
 
 
@@ -46,15 +44,10 @@ def plan_duplicates(num_samples: int, fraction: float, seed: int) -> dict[int, i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shards", type=Path, default=REPO_ROOT / "data" / "openclipart" / "train",
-                        help="a shard folder whose samples have dense ids in shard order")
-    parser.add_argument("--fraction", type=float, default=0.2, help="share of pictures that get duplicates")
-    parser.add_argument("--seed", type=int, default=0, help="chooses anchors, partner counts and partners")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "runs" / "duplicate-captions" / "train")
-    args = parser.parse_args(argv)
+    args = split_arguments(argv, __doc__.split("\n\n")[0], 0.2, "share of pictures that get duplicates",
+                           "duplicate-captions")
     if not 0.0 <= args.fraction <= 1.0 / 3.0:
-        parser.error(f"--fraction must be in [0, 1/3] (anchors and up to two partners each), got {args.fraction}")
+        raise SystemExit(f"--fraction must be in [0, 1/3] (anchors and up to two partners each), got {args.fraction}")
     partners = plan_duplicates(Manifest.load(args.shards).num_samples, args.fraction, args.seed)
     anchors = set(partners.values())
     captions = {position: sample.caption for position, sample in clean_samples(args.shards) if position in anchors}
