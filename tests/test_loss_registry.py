@@ -43,6 +43,14 @@ class FixedTauInfoNCE(ContrastiveLoss):
 shards = test_train.shards  # the same fixture: 48 generated samples in shards of 12
 
 
+class ScaledInfoNCE(FixedTauInfoNCE):
+    """A plug-in without its own from_config: loss.options become its constructor's keywords."""
+
+    name = "test-scaled-infonce"
+
+    from_config = classmethod(ContrastiveLoss.from_config.__func__)
+
+
 @pytest.fixture(autouse=True)
 def registered():
     register_loss(FixedTauInfoNCE)
@@ -81,3 +89,13 @@ def test_a_taken_name_cannot_be_registered_twice():
         register_loss(Impostor)
     with pytest.raises(UsageError, match="unknown loss"):
         load_config(TrainConfig, None, ["data.sources=[]", "data.batch_size=1", "loss.name=missing"])
+
+
+def test_the_default_from_config_passes_loss_options_to_the_constructor(shards):
+    register_loss(ScaledInfoNCE)
+    try:
+        config = load_config(TrainConfig, None, overrides(shards, shards / "unused", f"loss.name={ScaledInfoNCE.name}",
+                                                           "loss.options={tau: 0.3}"))
+        assert ScaledInfoNCE.from_config(config, 8).tau == 0.3
+    finally:
+        CONTRASTIVE_LOSSES.pop(ScaledInfoNCE.name)

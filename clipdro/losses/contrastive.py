@@ -105,9 +105,14 @@ class ContrastiveLoss(nn.Module):
 
     @classmethod
     def from_config(cls, config: TrainConfig, num_samples: int) -> ContrastiveLoss:
-        """The loss with its options taken from ``config`` (the loss and temperature sections).
-        A loss registered from outside clipdro reads its own options from ``config.loss.options``."""
-        raise NotImplementedError(f"{cls.__name__} does not say how to build it from a config")
+        """The loss with its options taken from ``config``. By default ``cls(num_samples,
+        **config.loss.options)``: a loss registered from outside clipdro takes its constructor's
+        keyword arguments from ``loss.options`` (the built-in losses read the loss and temperature
+        sections instead)."""
+        try:
+            return cls(num_samples, **config.loss.options)
+        except TypeError as error:
+            raise UsageError(f"loss {cls.name!r}: {error}") from None
 
     def prepare_model(self, clip: nn.Module) -> None:
         """Called once on the open_clip model before training: by default the temperatures come
