@@ -91,10 +91,16 @@ def test_without_faiss_only_the_faiss_search_stops(evalset_dir, tmp_path, monkey
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
     monkeypatch.setattr(faiss_backend, "installed_faiss_distributions", lambda: [])
+    from clipdro.eval import cli as eval_cli
+
     common = ["--model", "clipdro-tiny-vit", "--data", str(evalset_dir), "--device", "cpu"]
+    real_load_model = eval_cli.load_model
+    loaded = []
+    monkeypatch.setattr(eval_cli, "load_model", lambda args: loaded.append(args) or real_load_model(args))
     assert main(["eval", "retrieval", *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'clipdro[cpu]' (or 'clipdro[gpu]' on a CUDA machine)" in err[0]
+    assert loaded == []  # refused before the model load and the embedding pass, not after them
     for task, extra in (("retrieval", ["--exact-ranks"]), ("zeroshot", [])):
         output = tmp_path / f"{task}.json"
         assert main(["eval", task, *common, *extra, "--output", str(output)]) == 0

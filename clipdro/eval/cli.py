@@ -23,6 +23,7 @@ import torch
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval import compare, retrieval
+from clipdro.eval.faiss_backend import load_faiss
 from clipdro.eval.results import load_results, run_environment, summary_table, write_results
 from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import (
@@ -44,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return _compare(args)
     args.device = parse_device(args.device)
-    # Data first: a wrong path should fail before a (possibly slow) model load.
+    # Data and faiss first: a wrong path or a broken faiss install should fail before a (possibly slow)
+    # model load and embedding pass, not after it.
     if args.command == "retrieval":
         evalset = EvalSet.load(args.data)
+        if not args.exact_ranks:
+            load_faiss()
     else:
         evalset = load_labelled_set(args.data)
         template_source = args.templates or default_template_source(evalset)
