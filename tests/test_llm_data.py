@@ -45,7 +45,8 @@ def test_documents_end_with_end_of_text_and_jsonl_is_checked(tmp_path):
     path.write_text(json.dumps({"text": "ab"}) + "\n\n" + json.dumps({"text": "c"}) + "\n")
     documents = read_documents(str(path))
     assert documents == ["ab", "c"]
-    assert tokenize_documents(documents, ByteTokenizer()).tolist() == [97, 98, 256, 99, 256]
+    stream, owners = tokenize_documents(documents, ByteTokenizer())
+    assert stream.tolist() == [97, 98, 256, 99, 256] and owners.tolist() == [0, 0, 0, 1, 1]
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(UsageError, match="bad.jsonl:1: no string field 'text'"):
         read_documents(str(tmp_path / "bad.jsonl"))
@@ -59,9 +60,25 @@ def test_documents_end_with_end_of_text_and_jsonl_is_checked(tmp_path):
 def test_pydoc_topics_is_a_real_offline_corpus():
     documents = read_documents(PYDOC_TOPICS)
     assert len(documents) > 50 and sum(map(len, documents)) > 400_000
-    inputs, targets = load_packed([PYDOC_TOPICS], ByteTokenizer(), seq_len=256)
-    (train, _), (heldout, _) = split_tail(inputs, targets, 0.05)
-    assert heldout.shape[0] == round(0.05 * inputs.shape[0]) and train.shape[0] + heldout.shape[0] == inputs.shape[0]
+    packed = load_packed([PYDOC_TOPICS], ByteTokenizer(), seq_len=256)
+    train, heldout = split_tail(packed, 0.05)
+    num_sequences = packed.inputs.shape[0]
+    assert heldout.inputs.shape[0] == round(0.05 * num_sequences)
+    assert train.inputs.shape[0] + heldout.inputs.shape[0] == num_sequences
+    assert torch.equal(heldout.documents, packed.documents[-heldout.inputs.shape[0]:])
+    assert packed.num_documents == len(documents)
+
+
+def test_every_target_knows_its_document(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in ("abc", "de", "f")))
+    packed = load_packed([str(path)], ByteTokenizer(), seq_len=4)
+    # stream: a b c <eot> d e <eot> f <eot> (9 tokens, documents 0 0 0 0 1 1 1 2 2); targets = stream[1:]
+    valid = packed.targets != IGNORE_INDEX
+    assert packed.targets[valid].tolist() == [98, 99, 256, 100, 101, 256, 102, 256]
+    assert packed.documents[valid].tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert (packed.documents[~valid] == IGNORE_INDEX).all() and packed.num_documents == 3
+    assert packed.rows(slice(1, None)).documents.tolist() == packed.documents[1:].tolist()
 
 
 def test_ranks_split_exactly_the_global_batches_of_one_process():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from clipdro.config import from_dict
 from clipdro.errors import UsageArgumentParser, UsageError
+from clipdro.llm.results import BOOTSTRAP_REPLICATES, PERPLEXITIES
 from clipdro.runtime import PRECISIONS, parse_device
 
 USAGE = """usage: clipdro llm <subcommand> [args ...]
@@ -14,7 +16,8 @@ USAGE = """usage: clipdro llm <subcommand> [args ...]
 subcommands:
   train     train a TempNet on a frozen LM, or LM + TempNet jointly (--config configs/llm_*.yaml)
   generate  sample from an LM whose logits are divided by TempNet's per-token tau
-  eval      held-out perplexity with and without TempNet, mean tau, DRO objective"""
+  eval      held-out perplexity at tau = 1, at the best constant tau and with TempNet, with intervals
+  compare   paired perplexity differences of `eval --output` files over the same documents"""
 
 
 def generate_main(argv: list[str]) -> int:
@@ -47,45 +50,99 @@ def generate_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
-    parser = UsageArgumentParser(prog="clipdro llm eval", description="Held-out perplexity with/without TempNet.")
-    parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
-    parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`")
+    parser = UsageArgumentParser(
+        prog="clipdro llm eval",
+        description="Held-out perplexity at tau = 1, at the LM's best constant tau and with TempNet, each with a "
+                    "bootstrap interval over documents.")
+    parser.add_argument("--run", "--tempnet", dest="run", default=None,
+                        help="checkpoint file or run folder of `clipdro llm train` (joint, frozen or plain)")
+    parser.add_argument("--model", default=None, help="LM folder or hub name (default: the run's LM)")
     parser.add_argument("--data", nargs="*", default=None,
-                        help=".txt/.jsonl files or builtin:pydoc_topics (default: the TempNet run's held-out set)")
-    parser.add_argument("--seq-len", type=int, default=None, help="default: the TempNet run's, else 512")
+                        help=".txt/.jsonl files or builtin:pydoc_topics (default: the run's held-out set)")
+    parser.add_argument("--validation", nargs="*", default=None,
+                        help="files on which the best constant tau is chosen (default: the run's data.validation; "
+                             "none: no constant-tau figures)")
+    parser.add_argument("--tau-range", nargs=2, type=float, default=(0.1, 10.0), metavar=("LOW", "HIGH"),
+                        help="range searched for the best constant tau (default 0.1 10)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the run's, else 512")
     parser.add_argument("--rho", type=float, default=None, help="for the DRO objective (default: the run's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-sequences", type=int, default=None,
-                        help="cap on held-out sequences (default: the TempNet run's eval.max_sequences, else all)")
+                        help="cap on held-out (and validation) sequences (default: the run's eval.max_sequences, "
+                             "else all)")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPLICATES,
+                        help=f"bootstrap replicates over documents (default {BOOTSTRAP_REPLICATES}; 0: no intervals)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write the metrics and per-document sums here (input of `clipdro llm compare`)")
     args = parser.parse_args(argv)
     from clipdro.llm.config import LLMTrainConfig
     from clipdro.llm.data import load_datasets, load_packed
-    from clipdro.llm.evaluation import evaluate_heldout
+    from clipdro.llm.evaluation import best_constant_tau, heldout_sums
     from clipdro.llm.model import load_lm_with_tempnet
+    from clipdro.llm.results import result_record
 
-    loaded = load_lm_with_tempnet(args.model, args.tempnet, parse_device(args.device))
+    if args.bootstrap < 0 or not 0 < args.tau_range[0] < args.tau_range[1]:
+        raise UsageError("need --bootstrap >= 0 and 0 < LOW < HIGH for --tau-range")
+    loaded = load_lm_with_tempnet(args.model, args.run, parse_device(args.device))
     run_config = from_dict(LLMTrainConfig, loaded.config) if loaded.config is not None else None
     seq_len = args.seq_len or (run_config.data.seq_len if run_config else 512)
+    text_field = run_config.data.text_field if run_config else "text"
     if args.data:
-        text_field = run_config.data.text_field if run_config else "text"
         heldout = load_packed(args.data, loaded.tokenizer, seq_len, text_field)
     elif run_config is not None:
         run_config.data.seq_len = seq_len
         _, heldout = load_datasets(run_config.data, loaded.tokenizer)
         if heldout is None:
-            raise UsageError("the TempNet run had no held-out data: give --data")
+            raise UsageError("the run had no held-out data: give --data")
     else:
-        raise UsageError("give --data (or --tempnet of a run with held-out data)")
+        raise UsageError("give --data (or --run of a run with held-out data)")
+    validation_files = args.validation if args.validation is not None else (
+        run_config.data.validation if run_config else [])
     max_sequences = args.max_sequences if args.max_sequences is not None else (
         run_config.eval.max_sequences if run_config else None)
     rho = args.rho if args.rho is not None else (run_config.loss.rho if run_config else None)
     if loaded.tempnet is not None and rho is None:
         raise UsageError("give --rho for the DRO objective")
-    metrics = evaluate_heldout(loaded.lm, loaded.tempnet, *heldout, rho=rho, batch_size=args.batch_size,
-                               precision=args.precision, max_sequences=max_sequences)
-    print(json.dumps(metrics, indent=2))
+    evaluation = {"batch_size": args.batch_size, "precision": args.precision, "max_sequences": max_sequences}
+    constant = None
+    if validation_files:
+        validation = load_packed(validation_files, loaded.tokenizer, seq_len, text_field)
+        constant = best_constant_tau(loaded.lm, validation, tuple(args.tau_range), **evaluation)
+    sums = heldout_sums(loaded.lm, loaded.tempnet, heldout, rho, constant_tau=constant.tau if constant else None,
+                        **evaluation)
+    identity = {"run": args.run, "model": args.model, "data": args.data or "the run's held-out set",
+                "validation": validation_files, "seq_len": seq_len, "rho": rho, "tau_range": list(args.tau_range),
+                **evaluation}
+    record = result_record(sums, constant, heldout.rows(slice(None, max_sequences)), args.bootstrap, args.seed,
+                           identity)
+    print(json.dumps(record["metrics"], indent=2))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = UsageArgumentParser(
+        prog="clipdro llm compare",
+        description="Paired perplexity differences A - B over the same held-out documents, seeds pooled, with a "
+                    "bootstrap interval over documents.")
+    parser.add_argument("files", nargs="+", type=Path, help="A.json B.json [A2.json B2.json ...] of `clipdro llm "
+                                                             "eval --output`; each pair = one seed")
+    parser.add_argument("--a-metric", default="perplexity", choices=PERPLEXITIES, help="metric of each A file")
+    parser.add_argument("--b-metric", default="perplexity", choices=PERPLEXITIES, help="metric of each B file")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPLICATES)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from clipdro.llm.results import compare_files
+
+    if len(args.files) % 2:
+        raise UsageError(f"give files in pairs A B [A2 B2 ...]; got {len(args.files)}")
+    print(json.dumps(compare_files(args.files, args.a_metric, args.b_metric, args.bootstrap, args.seed), indent=2))
     return 0
 
 
@@ -107,4 +164,6 @@ def main(argv: list[str] | None = None) -> int:
         return generate_main(rest)
     if subcommand == "eval":
         return eval_main(rest)
-    raise UsageError(f"unknown subcommand {subcommand!r} (train, generate, eval)")
+    if subcommand == "compare":
+        return compare_main(rest)
+    raise UsageError(f"unknown subcommand {subcommand!r} (train, generate, eval, compare)")

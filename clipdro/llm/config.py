@@ -40,6 +40,9 @@ class LMDataConfig:
     train: list[str] = dataclasses.field(default_factory=list)
     eval: list[str] = dataclasses.field(default_factory=list)  # held-out files; empty: see eval_fraction
     eval_fraction: float = 0.0  # without eval files: hold out this tail of the packed training stream
+    # Held-out files for choosing constants without touching data.eval: `clipdro llm eval` picks the LM's
+    # best constant tau here, then reports it on data.eval. Never trained on.
+    validation: list[str] = dataclasses.field(default_factory=list)
     text_field: str = "text"
     seq_len: int = 512  # tokens per packed sequence
     batch_size: int = 8  # sequences per device; the global batch is batch_size * world size
@@ -86,7 +89,8 @@ class LLMTrainConfig:
     data: LMDataConfig
     # frozen: only TempNet trains (the LLaMA-2 setting; the LM runs in eval mode without gradients).
     # joint: LM and TempNet train together (the GPT-2 setting); TempNet has its own param group and lr.
-    mode: typing.Literal["frozen", "joint"] = "frozen"
+    # plain: the LM alone under cross-entropy (tau = 1), the baseline of a joint run (no TempNet, no rho).
+    mode: typing.Literal["frozen", "joint", "plain"] = "frozen"
     # Length of the run in optimizer steps (LM runs are usually sized in steps, and a demo needs
     # far less than an epoch); None: run.epochs full epochs. The LM's cosine schedule spans it.
     steps: int | None = None
@@ -99,6 +103,6 @@ class LLMTrainConfig:
     def validate(self) -> None:
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"steps must be >= 1, got {self.steps}")
-        if self.mode == "joint" and self.model.dtype == "bfloat16":
-            raise UsageError("model.dtype=bfloat16 is for a frozen LM; train jointly in float32 weights "
+        if self.mode != "frozen" and self.model.dtype == "bfloat16":
+            raise UsageError(f"model.dtype=bfloat16 is for a frozen LM; train in {self.mode} mode in float32 weights "
                              "with run.precision=amp_bf16")

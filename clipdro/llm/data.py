@@ -7,6 +7,8 @@ inputs = the first L tokens, targets = the last L, so every stream token after t
 predicted exactly once. The last, shorter sequence is right-padded with end-of-text and its
 padded targets are IGNORE_INDEX. Right padding needs no attention mask: under causal
 attention a position never sees the padding after it, and padded positions carry no loss.
+Beside the targets, :class:`PackedText` keeps which document each target token belongs to (a
+document's end-of-text is its own last token), so evaluation can resample whole documents.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -25,6 +28,21 @@ IGNORE_INDEX = -100
 PYDOC_TOPICS = "builtin:pydoc_topics"
 
 Packed = tuple[torch.Tensor, torch.Tensor]  # (inputs [N, L], targets [N, L]) of packed sequences
+
+
+class PackedText(NamedTuple):
+    """Packed sequences of a list of documents."""
+
+    inputs: torch.Tensor  # [N, L] token ids
+    targets: torch.Tensor  # [N, L] next-token ids, IGNORE_INDEX at the right padding
+    documents: torch.Tensor  # [N, L] index of each target's document in the loaded order, IGNORE_INDEX at padding
+
+    def rows(self, selection: slice) -> PackedText:
+        return PackedText(self.inputs[selection], self.targets[selection], self.documents[selection])
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.documents.max()) + 1 if self.documents.numel() else 0
 
 
 def read_documents(source: str, text_field: str = "text") -> list[str]:
@@ -55,13 +73,17 @@ def read_documents(source: str, text_field: str = "text") -> list[str]:
     raise UsageError(f"{path}: data files must be .txt or .jsonl")
 
 
-def tokenize_documents(documents: list[str], tokenizer: TextTokenizer) -> torch.Tensor:
-    """One int64 stream: each document's tokens followed by end-of-text."""
+def tokenize_documents(documents: list[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two int64 streams: each document's tokens followed by end-of-text, and for every token the index of
+    its document."""
     stream: list[int] = []
-    for document in documents:
-        stream.extend(tokenizer.encode(document))
+    owners: list[int] = []
+    for index, document in enumerate(documents):
+        tokens = tokenizer.encode(document)
+        stream.extend(tokens)
         stream.append(tokenizer.eos_token_id)
-    return torch.tensor(stream, dtype=torch.long)
+        owners.extend([index] * (len(tokens) + 1))
+    return torch.tensor(stream, dtype=torch.long), torch.tensor(owners, dtype=torch.long)
 
 
 def pack_sequences(stream: torch.Tensor, seq_len: int, pad_id: int) -> Packed:
@@ -80,28 +102,31 @@ def pack_sequences(stream: torch.Tensor, seq_len: int, pad_id: int) -> Packed:
 
 
 def load_packed(sources: list[str], tokenizer: TextTokenizer, seq_len: int,
-                text_field: str = "text") -> Packed:
+                text_field: str = "text") -> PackedText:
     documents = [document for source in sources for document in read_documents(source, text_field)]
-    return pack_sequences(tokenize_documents(documents, tokenizer), seq_len, tokenizer.eos_token_id)
+    stream, owners = tokenize_documents(documents, tokenizer)
+    inputs, targets = pack_sequences(stream, seq_len, tokenizer.eos_token_id)
+    _, target_documents = pack_sequences(owners, seq_len, IGNORE_INDEX)  # padded targets: IGNORE_INDEX
+    return PackedText(inputs, targets, target_documents)
 
 
-def split_tail(inputs: torch.Tensor, targets: torch.Tensor, fraction: float) -> tuple[Packed, Packed]:
-    """((train inputs, targets), (held-out inputs, targets)): the held-out part is the last
-    ``fraction`` of the sequences, a contiguous tail of the stream (no overlap except one token)."""
-    held_out = max(1, round(fraction * inputs.shape[0]))
-    if held_out >= inputs.shape[0]:
+def split_tail(packed: PackedText, fraction: float) -> tuple[PackedText, PackedText]:
+    """(training part, held-out part): the held-out part is the last ``fraction`` of the sequences, a
+    contiguous tail of the stream (no overlap except one token; the document cut there is in both)."""
+    held_out = max(1, round(fraction * packed.inputs.shape[0]))
+    if held_out >= packed.inputs.shape[0]:
         raise UsageError(f"data.eval_fraction={fraction} leaves no training sequences")
-    return (inputs[:-held_out], targets[:-held_out]), (inputs[-held_out:], targets[-held_out:])
+    return packed.rows(slice(None, -held_out)), packed.rows(slice(-held_out, None))
 
 
-def load_datasets(config: LMDataConfig, tokenizer: TextTokenizer) -> tuple[Packed, Packed | None]:
+def load_datasets(config: LMDataConfig, tokenizer: TextTokenizer) -> tuple[PackedText, PackedText | None]:
     """(training sequences, held-out sequences or None): data.eval files if given, else the
     data.eval_fraction tail of the training stream, else no held-out set."""
     train = load_packed(config.train, tokenizer, config.seq_len, config.text_field)
     if config.eval:
         return train, load_packed(config.eval, tokenizer, config.seq_len, config.text_field)
     if config.eval_fraction > 0:
-        return split_tail(*train, config.eval_fraction)
+        return split_tail(train, config.eval_fraction)
     return train, None
 
 

@@ -92,17 +92,18 @@ class TempNetShape:
 class LoadedLM:
     lm: PreTrainedModel
     tokenizer: TextTokenizer
-    tempnet: LMTempNet | None
-    config: dict[str, Any] | None  # the training config of the TempNet checkpoint, when one was given
+    tempnet: LMTempNet | None  # None without a checkpoint, or for a plain run's
+    config: dict[str, Any] | None  # the training config of the checkpoint, when one was given
 
 
 def load_lm_with_tempnet(model: str | None = None, tempnet_checkpoint: str | Path | None = None,
                          device: str | torch.device = "cpu") -> LoadedLM:
     """An LM, its tokenizer and optionally a trained TempNet, in eval mode, for generation and evaluation.
 
-    ``tempnet_checkpoint`` is a checkpoint file or run folder of `clipdro llm train`. Without ``model``
-    the LM is the one that run used: its config's model section, with the trained LM weights from
-    the checkpoint in joint mode. ``model`` (a folder or hub name) overrides that LM.
+    ``tempnet_checkpoint`` is a checkpoint file or run folder of `clipdro llm train` (of a plain run:
+    no TempNet). Without ``model`` the LM is the one that run used: its config's model section, with
+    the trained LM weights from the checkpoint in joint and plain mode. ``model`` (a folder or hub
+    name) overrides that LM.
     """
     if model is None and tempnet_checkpoint is None:
         raise UsageError("give --model, --tempnet or both")
@@ -121,7 +122,7 @@ def load_lm_with_tempnet(model: str | None = None, tempnet_checkpoint: str | Pat
     if model is None and state["lm"] is not None:
         lm.load_state_dict(state["lm"])
     tempnet = None
-    if state is not None:
+    if state is not None and state["tempnet"] is not None:  # a plain run's checkpoint has no TempNet
         shape = TempNetShape(**state["tempnet_shape"])
         if shape.vocab_size != lm_config.vocab_size:
             raise UsageError(f"the TempNet was trained for a vocabulary of {shape.vocab_size}, the LM has "

@@ -1,10 +1,11 @@
-"""`clipdro llm train`: TempNet (and optionally the LM) under the token-level DRO loss.
+"""`clipdro llm train`: TempNet (and optionally the LM) under the token-level DRO loss, or the
+plain cross-entropy LM it is compared with.
 
 :func:`train` reads top to bottom: start-up checks, processes and run folder
 (:class:`~clipdro.engine.RunEngine`), data, LM, TempNet, optimizer, then the step function
-(batch -> LM logits -> TempNet tau on the detached logits -> DRO loss), handed to the engine
-that owns the loop, checkpoints, evaluation and preemption. Runs on one CPU, under torchrun
-and under SLURM's srun.
+(batch -> LM logits -> TempNet tau on the detached logits -> DRO loss; plain mode: batch -> LM
+logits -> cross-entropy), handed to the engine that owns the loop, checkpoints, evaluation and
+preemption. Runs on one CPU, under torchrun and under SLURM's srun.
 
 Invariants worth knowing before changing anything here:
 
@@ -12,12 +13,14 @@ Invariants worth knowing before changing anything here:
   logits (softmax(z / tau) - onehot(y)) and TempNet the gradient through tau (rho - KL).
 * frozen mode: the LM runs in eval mode under no_grad and only TempNet is optimised (and
   wrapped in DDP). joint mode: both train; TempNet is its own AdamW param group with its own
-  constant lr, the LM follows warm-up + cosine (clipdro.engine.warmup_cosine_lr).
+  constant lr, the LM follows warm-up + cosine (clipdro.engine.warmup_cosine_lr). plain mode:
+  the LM alone under mean cross-entropy (tau = 1), everything else as in joint mode: the
+  baseline a joint run is compared with (same data order, initial LM weights and schedule).
 * The loss is a mean over the *global* batch's non-ignored tokens. Ranks can hold different
   token counts (padding in the last packed sequence), so each rank scales its local mean by
   local_count * W / global_count before DDP averages gradients over the W ranks: the update then
   equals the single-process update on the same global batch.
-* The trained LM is checkpointed only in joint mode; a frozen LM is rebuilt from the config.
+* The trained LM is checkpointed in joint and plain mode; a frozen LM is rebuilt from the config.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import asdict
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from clipdro.distributed import all_gather_no_grad, sum_over_ranks
 from clipdro.engine import RunEngine, StepOutput, TrainingJob, training_command, warmup_cosine_lr
@@ -63,24 +67,25 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
     # --- processes, data (input errors surface before the run folder exists) ----------------
     engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite)
     context, device = engine.context, engine.device
-    (train_inputs, train_targets), heldout = load_datasets(config.data, tokenizer)
-    batches = GlobalBatches(train_inputs, train_targets, config.data.batch_size, context.rank,
+    train_data, heldout = load_datasets(config.data, tokenizer)
+    batches = GlobalBatches(train_data.inputs, train_data.targets, config.data.batch_size, context.rank,
                             context.world_size, config.data.seed)
     steps_per_epoch = len(batches)
     total_steps = config.steps or steps_per_epoch * config.run.epochs
 
     # --- LM and TempNet: identical initial weights on every rank (same seed) ---------------
+    # The LM is built first, so a plain and a joint run of one seed start from the same LM weights.
     torch.manual_seed(config.run.seed)
     lm = build_causal_lm(config.model, lm_config).to(device)
     tempnet_shape = TempNetShape(vocab_size, config.tempnet.hidden, config.tempnet.tau_min, config.tempnet.tau_max,
                                  config.tempnet.dropout)
-    tempnet = tempnet_shape.build().to(device)
-    train_lm = config.mode == "joint"
+    tempnet = tempnet_shape.build().to(device) if config.mode != "plain" else None
+    train_lm = config.mode in ("joint", "plain")
     if not train_lm:
         lm.requires_grad_(False)
     optimizer = build_optimizer(lm, tempnet, config)
     ddp_lm = engine.wrap(lm) if train_lm else lm
-    ddp_tempnet = engine.wrap(tempnet)
+    ddp_tempnet = engine.wrap(tempnet) if tempnet is not None else None
 
     def step(index: int, batch: tuple[torch.Tensor, ...]) -> StepOutput:
         inputs, targets = batch
@@ -91,40 +96,44 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
             else:
                 with torch.no_grad():
                     logits = lm_logits(lm, inputs)
-            tau = predict_tau(ddp_tempnet, logits)
-        local_mean = dro_token_loss(logits, targets, tau, config.loss.rho, IGNORE_INDEX)
+            tau = predict_tau(ddp_tempnet, logits) if tempnet is not None else None
+        if tau is None:  # plain mode: mean cross-entropy in float32, as the DRO loss computes it
+            local_mean = plain_token_loss(logits, targets)
+        else:
+            local_mean = dro_token_loss(logits, targets, tau, config.loss.rho, IGNORE_INDEX)
         local_tokens = (targets != IGNORE_INDEX).sum().to(torch.float64)
         global_tokens = sum_over_ranks(local_tokens).clamp_min(1.0)
         global_mean = float(sum_over_ranks(local_mean.detach().double() * local_tokens) / global_tokens)
         objective = local_mean * (local_tokens * context.world_size / global_tokens).to(local_mean.dtype)
-        return StepOutput(objective=objective, loss=global_mean, details=(tau.detach(), targets))
+        return StepOutput(objective=objective, loss=global_mean,
+                          details=(tau.detach() if tau is not None else None, targets))
 
     def log_values(output: StepOutput) -> dict[str, Any]:
         tau, targets = output.details
-        valid = all_gather_no_grad(targets.contiguous()) != IGNORE_INDEX
-        return {
-            "loss": output.loss,
-            "lr": optimizer.param_groups[0]["lr"] if train_lm else None,
-            "tempnet_lr": config.tempnet.lr,
-            **tau_summary("tau", all_gather_no_grad(tau.contiguous())[valid]),
-        }
+        values = {"loss": output.loss, "lr": optimizer.param_groups[0]["lr"] if train_lm else None}
+        if tau is not None:
+            valid = all_gather_no_grad(targets.contiguous()) != IGNORE_INDEX
+            values |= {"tempnet_lr": config.tempnet.lr,
+                       **tau_summary("tau", all_gather_no_grad(tau.contiguous())[valid])}
+        return values
 
     def evaluate() -> dict[str, float]:
-        return evaluate_heldout(lm, tempnet, *heldout, rho=config.loss.rho, batch_size=config.eval.batch_size,
+        return evaluate_heldout(lm, tempnet, heldout, rho=config.loss.rho, batch_size=config.eval.batch_size,
                                 precision=config.run.precision, max_sequences=config.eval.max_sequences)
 
     lm.train(train_lm)  # a frozen LM stays in eval mode: no dropout in the logits TempNet learns from
-    tempnet.train()
+    if tempnet is not None:
+        tempnet.train()
     job = TrainingJob(
         parts={"tempnet": tempnet, "lm": lm if train_lm else None, "optimizer": optimizer, "data": batches},
-        metadata={"mode": config.mode, "tempnet_shape": asdict(tempnet_shape)},
+        metadata={"mode": config.mode, "tempnet_shape": asdict(tempnet_shape) if tempnet is not None else None},
         optimizers=[optimizer], batches=batches, total_steps=total_steps, samples_per_step=batches.global_batch,
         step=step, log_values=log_values, grad_clip_norm=config.optim.grad_clip_norm,
         evaluate=evaluate if heldout is not None else None, evaluate_every=config.eval.every_steps,
         evaluate_at_start=True,
-        description=[f"mode {config.mode}, V = {vocab_size} (log V = {math.log(vocab_size):.3f}, "
-                     f"rho = {config.loss.rho:g})",
-                     f"{train_inputs.shape[0]} training sequences of {config.data.seq_len} tokens, "
+        description=[f"mode {config.mode}, V = {vocab_size} (log V = {math.log(vocab_size):.3f}"
+                     + (")" if tempnet is None else f", rho = {config.loss.rho:g})"),
+                     f"{train_data.inputs.shape[0]} training sequences of {config.data.seq_len} tokens, "
                      f"{heldout[0].shape[0] if heldout else 'no'} held-out; {total_steps} steps "
                      f"({total_steps / steps_per_epoch:.2f} epochs of {steps_per_epoch}), global batch "
                      f"{batches.global_batch}"])
@@ -139,28 +148,41 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
 
 def check_lm(config: LLMTrainConfig):
     """(tokenizer, transformers config) of the LM, after the start-up checks that need no weights:
-    rho < log V for the LM's output vocabulary V, and data.seq_len within its positions."""
+    rho < log V for the LM's output vocabulary V (plain mode has no rho), and data.seq_len within its
+    positions."""
     tokenizer = load_model_tokenizer(config.model)
     lm_config = resolve_lm_config(config.model, tokenizer)
-    check_rho(config.loss.rho, lm_config.vocab_size, what="token DRO loss (loss.rho vs the LM's vocabulary size V)")
+    if config.mode != "plain":
+        check_rho(config.loss.rho, lm_config.vocab_size,
+                  what="token DRO loss (loss.rho vs the LM's vocabulary size V)")
     positions = max_positions(lm_config)
     if positions is not None and config.data.seq_len > positions:
         raise UsageError(f"data.seq_len={config.data.seq_len} exceeds the LM's {positions} positions")
     return tokenizer, lm_config
 
 
-def build_optimizer(lm: torch.nn.Module, tempnet: torch.nn.Module, config: LLMTrainConfig) -> torch.optim.AdamW:
+def plain_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the non-ignored tokens, in float32; 0 (not NaN) for an all-padding batch."""
+    cross_entropy = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction="sum",
+                                    ignore_index=IGNORE_INDEX)
+    return cross_entropy / (targets != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def build_optimizer(lm: torch.nn.Module, tempnet: torch.nn.Module | None,
+                    config: LLMTrainConfig) -> torch.optim.AdamW:
     """One AdamW; param groups are named ("lm", "tempnet") so the schedule can address them.
-    The LM groups exist in joint mode only; no weight decay on 1-D LM parameters (biases, norms)."""
+    The LM groups exist in joint and plain mode, the TempNet group when there is a TempNet; no
+    weight decay on 1-D LM parameters (biases, norms)."""
     optim = config.optim
     groups = []
-    if config.mode == "joint":
+    if config.mode in ("joint", "plain"):
         decay = [p for p in lm.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in lm.parameters() if p.requires_grad and p.ndim < 2]
         groups += [{"name": "lm", "params": decay, "weight_decay": optim.weight_decay},
                    {"name": "lm", "params": no_decay, "weight_decay": 0.0}]
-    groups.append({"name": "tempnet", "params": list(tempnet.parameters()), "lr": config.tempnet.lr,
-                   "weight_decay": config.tempnet.weight_decay})
+    if tempnet is not None:
+        groups.append({"name": "tempnet", "params": list(tempnet.parameters()), "lr": config.tempnet.lr,
+                       "weight_decay": config.tempnet.weight_decay})
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
 
 
@@ -171,7 +193,8 @@ def set_group_lrs(optimizer: torch.optim.Optimizer, lm_lr: float, tempnet_lr: fl
 
 def main(argv: list[str] | None = None) -> int:
     status, _ = training_command(
-        argv, prog="clipdro llm train", description="Train an LLM TempNet (frozen LM) or LM + TempNet (joint).",
+        argv, prog="clipdro llm train",
+        description="Train an LLM TempNet (frozen LM), LM + TempNet (joint) or the LM alone (plain).",
         config_type=LLMTrainConfig, train=train, config_help="YAML config (see configs/llm_*.yaml)",
         overrides_help="dotted overrides, e.g. loss.rho=4.0 mode=joint")
     return status
