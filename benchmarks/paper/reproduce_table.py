@@ -87,9 +87,14 @@ METHODS |= {name: ["loss.name=oracle", f"loss.options.strength={strength}"]
             for name, strength in ORACLE_STRENGTHS.items()}
 # Each sample's tau* against the whole training set, refreshed per epoch (benchmarks.paper.dataset_oracle):
 # a temperature that depends on the sample alone, which a TempNet can represent.
+# "dataset-oracle-level" rescales every refresh to sogclr's level temperature.init (run_overrides adds it), so
+# that it differs from sogclr in the spread alone: over all N - 1 competitors the same rho asks for a far colder
+# tau than in a batch of B - 1 (docs/results.md, "The dataset-scope oracle").
 METHODS["dataset-oracle"] = ["loss.name=dataset-oracle"]
-ENTRY_POINTS = {**dict.fromkeys(ORACLE_STRENGTHS, "benchmarks.paper.oracle_tau"),
-                "dataset-oracle": "benchmarks.paper.dataset_oracle"}  # they register their loss, then train
+METHODS["dataset-oracle-level"] = ["loss.name=dataset-oracle"]
+LEVELLED_METHODS = (*ORACLE_STRENGTHS, "dataset-oracle-level")
+ENTRY_POINTS = {**dict.fromkeys(ORACLE_STRENGTHS, "benchmarks.paper.oracle_tau"),  # they register their loss
+                **dict.fromkeys(("dataset-oracle", "dataset-oracle-level"), "benchmarks.paper.dataset_oracle")}
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
 
@@ -154,7 +159,7 @@ def run_overrides(method: str, seed: int, output_dir: Path, extra: list[str],
                   config: Path = BASE_CONFIG) -> list[str]:
     overrides = [*METHODS[method], f"run.seed={seed}", f"data.seed={seed}", f"run.output_dir={output_dir}",
                  f"run.name={method}-seed{seed}", *extra]
-    if method in ORACLE_STRENGTHS:  # at sogclr's level, temperature.init as resolved: only the spread differs
+    if method in LEVELLED_METHODS:  # at sogclr's level, temperature.init as resolved: only the spread differs
         overrides.append(f"loss.options.level={load_config(TrainConfig, config, overrides).temperature.init}")
     return overrides
 

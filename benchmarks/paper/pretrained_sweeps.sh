@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every sweep behind docs/results.md section 4 ("From pretrained towers"), one after another, in the
+# order they were run. Each reproduce_table call reuses the finished runs of its output folder, so
+# rerunning this script after an interruption continues where it stopped. About 8-10 min per run on
+# 2 CPU cores; the whole script is about 40 runs. Run one stage with:  bash THIS_FILE STAGE
+#
+#   bash benchmarks/paper/pretrained_sweeps.sh               # all stages
+#   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-.venv/bin/python}
+export HF_HUB_OFFLINE=1
+CONFIG=benchmarks/paper/configs/pretrained.yaml
+SEEDS=(0 1 2)
+sweep() {  # sweep OUTPUT_DIR METHODS... -- OVERRIDES...
+    local output_dir=$1; shift
+    local methods=()
+    while [[ $# -gt 0 && $1 != -- ]]; do methods+=("$1"); shift; done
+    [[ $# -gt 0 ]] && shift
+    "$PYTHON" -m benchmarks.paper.reproduce_table --config "$CONFIG" --seeds "${SEEDS[@]}" \
+        --methods "${methods[@]}" --output-dir "$output_dir" tempnet.start_epoch=0 "$@"
+}
+
+stage_main() {      # the paper's margin rho = log(255) - 0.62 = 4.92 and TempNet lr 3e-5
+    sweep runs/pretrained clip sogclr tempnet
+}
+stage_oracle() {    # + each sample's tau* against the whole training set, per epoch, at the same rho, rescaled to
+    sweep runs/pretrained clip sogclr tempnet dataset-oracle-level    # sogclr's level (~18 min a run)
+}
+stage_duplicates() {  # 20 % of the training pictures get 1-2 partners carrying their exact caption
+    [[ -f runs/duplicate-captions/train/manifest.json ]] ||
+        "$PYTHON" -m benchmarks.paper.duplicate_captions --fraction 0.2 --output runs/duplicate-captions/train
+    sweep runs/pretrained-duplicates clip sogclr tempnet -- \
+        'data.sources=[{shards: runs/duplicate-captions/train}]'
+}
+stage_isogclr() {   # iSogCLR's per-sample tau tables at the same rho
+    sweep runs/pretrained clip sogclr tempnet dataset-oracle-level isogclr
+}
+stage_rho3() {      # a smaller rho: log(255) - 2.5, the margin of the from-scratch sections
+    sweep runs/pretrained-rho3 tempnet dataset-oracle-level -- loss.rho=3.04
+}
+stage_lr10() {      # the paper's TempNet learning rate x 10
+    sweep runs/pretrained-tempnet-lr3e-4 tempnet -- tempnet.lr=3.0e-4
+}
+stage_tau_paper() { # the paper's tau range [0.005, 0.05], which excludes the ~0.066 the clip loss settles at
+    sweep runs/pretrained-tau-paper tempnet -- temperature.min=0.005 temperature.max=0.05
+}
+
+stages=("$@")
+[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper)
+for stage in "${stages[@]}"; do
+    echo "=== stage $stage: $(date -u +%FT%TZ)"
+    "stage_${stage//-/_}"
+done
