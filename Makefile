@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo demo-pretrained clean-venv gpu-wheels gpu-check
+.PHONY: test lint demo demo-pretrained clean-venv gpu-wheels gpu-check gpu-rehearsal
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -60,3 +60,19 @@ GPU_PYTHON ?= python3
 gpu-check:
 	HF_HUB_OFFLINE=1 $(GPU_PYTHON) -m benchmarks.speed.gpu_check --wheels $(GPU_WHEELS) \
 		$(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_ARGS)
+
+# The same check rehearsed on the CPU, the way the GPU machine runs it: a Python 3.12 venv holding only what that
+# machine has (torch 2.11 and torchvision 0.26 from PyPI, a 5 GB CUDA build, timm, transformers, pandas, matplotlib,
+# tensorboard), the brought wheels installed by the check itself, gloo for NCCL, CPU autocast for bf16, small
+# throughput runs (about 2 min). PYTHON312: a Python 3.12 interpreter (here: pyenv's 3.12.1).
+PYTHON312 ?= python3.12
+REHEARSAL_VENV := .venv-gpu-rehearsal
+$(REHEARSAL_VENV)/bin/python:
+	$(PYTHON312) -m venv $(REHEARSAL_VENV)
+	$(REHEARSAL_VENV)/bin/pip install --quiet torch==2.11.0 torchvision==0.26.0 timm transformers pandas matplotlib \
+		tensorboard
+
+gpu-rehearsal: $(REHEARSAL_VENV)/bin/python
+	rm -rf runs/gpu-rehearsal runs/gpu-rehearsal-work
+	HF_HUB_OFFLINE=1 $(REHEARSAL_VENV)/bin/python -m benchmarks.speed.gpu_check --cpu-rehearsal --wheels $(GPU_WHEELS) \
+		--out runs/gpu-rehearsal --work-dir runs/gpu-rehearsal-work

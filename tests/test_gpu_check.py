@@ -72,6 +72,24 @@ def test_default_arguments_select_every_part_and_the_gpu_settings():
     assert args.steps % args.workers == 0 and args.steps > args.warmup_steps
 
 
+def test_cpu_rehearsal_sizes_the_check_for_the_cpu_and_explicit_arguments_win():
+    args = parse_args(["--cpu-rehearsal"])
+    assert args.cpu_rehearsal and (args.model, args.batch_size) == ("clipdro-tiny-vit", 32)
+    assert args.steps % args.workers == 0 and args.steps > args.warmup_steps
+    assert parse_args(["--cpu-rehearsal", "--batch-size", "16"]).batch_size == 16
+    assert not parse_args([]).cpu_rehearsal
+
+
+def test_cpu_rehearsal_runs_a_part_without_cuda_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    status = gpu_check.main(["--cpu-rehearsal", "--parts", "precision", "--precision-steps", "2",
+                             "--precision-batch", "8", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    assert status == 0
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["cpu_rehearsal"] is True and report["parts"]["precision"]["status"] == "passed"
+    assert (out / "gpu_check.md").read_text().startswith("# GPU check (CPU rehearsal: no GPU figures)")
+
+
 def test_parts_can_be_selected_and_repeats_collapse(tmp_path):
     args = parse_args(["--parts", "precision", "nccl", "precision", "--out", str(tmp_path / "o")])
     assert args.parts == ["precision", "nccl"] and args.out == tmp_path / "o"

@@ -82,7 +82,12 @@ FAISS_NOT_BROUGHT = "GPU FAISS not measured: no wheel within the 64 MiB budget"
 # Seconds a part needs at least to be started (else: skipped, "budget"); the throughput runs get what is left.
 MIN_SECONDS = {"nccl": 45, "precision": 45, "faiss": 30, "throughput": 90}
 STATUSES = ("passed", "failed", "measured", "skipped", "error")
-THROUGHPUT_DEVICE = "cuda"  # the throughput trainers' run.device / --device (a CPU dry run patches it)
+# --cpu-rehearsal: the whole check on the CPU, to prove the install and every part's code path on a machine like
+# the GPU one without its GPU (docs/performance.md#gpu). Defaults sized for 2 cores; explicit arguments still win.
+REHEARSAL_DEFAULTS = {"model": "clipdro-tiny-vit", "batch_size": 32, "workers": 2, "threads": 1, "steps": 24,
+                      "warmup_steps": 12, "log_every": 4, "precision_batch": 32, "faiss_captions": 5_000,
+                      "time_budget": 900.0}
+REHEARSAL_NCCL_RANKS = 2  # gloo processes standing in for the GPUs
 
 # nccl part: rows per rank, toy model sizes, optimiser, loss settings (rho < log(32 - 1) = 3.43).
 NCCL_ROWS_PER_RANK = 32
@@ -107,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-wheels): install those whose "
                                                     "distribution is missing, without dependencies")
     parser.add_argument("--time-budget", type=float, default=420.0, help="seconds for the whole check (default 420)")
+    parser.add_argument("--cpu-rehearsal", action="store_true",
+                        help="run on the CPU anyway (gloo for nccl, CPU autocast for bf16, small throughput runs): "
+                             "proves the install and the code paths, measures nothing about GPUs")
     throughput = parser.add_argument_group("throughput")
     throughput.add_argument("--model", default="ViT-B-32")
     throughput.add_argument("--batch-size", type=int, default=256)
@@ -130,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    if argv is not None and "--cpu-rehearsal" in argv:
+        parser.set_defaults(**REHEARSAL_DEFAULTS)
     args = parser.parse_args(argv)
     args.parts = list(dict.fromkeys(args.parts))
     if args.steps % max(1, args.workers) or args.steps <= args.warmup_steps:
@@ -232,6 +242,7 @@ class Context:
     deadline: float  # time.monotonic() value
     wheels: Path | None = None
     notes: dict = field(default_factory=dict)
+    device: str = "cuda"  # "cpu" in a --cpu-rehearsal
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -265,7 +276,7 @@ def markdown_report(report: dict) -> str:
     gpus = environment.get("gpus") or []
     gpu_text = f"{len(gpus)} x {gpus[0]}" if gpus else "no GPU"
     lines = [
-        "# GPU check",
+        "# GPU check" + (" (CPU rehearsal: no GPU figures)" if report.get("cpu_rehearsal") else ""),
         "",
         f"- command: `{report.get('command', '')}`",
         f"- started {report.get('started', '?')}, finished {report.get('finished', 'not yet (partial report)')}",
@@ -389,7 +400,7 @@ def throughput_part(args: argparse.Namespace, context: Context) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     settings = tt.Settings(shards=args.shards.resolve(), model=args.model, batch_size=args.batch_size,
                            workers=args.workers, threads=args.threads, steps=args.steps,
-                           warmup_steps=args.warmup_steps, log_every=args.log_every, device=THROUGHPUT_DEVICE,
+                           warmup_steps=args.warmup_steps, log_every=args.log_every, device=context.device,
                            precision=args.precision, work_dir=work)
     env = tt.child_environment(settings.threads)
     launcher = open_clip_launcher(context.wheels, work)
@@ -675,6 +686,9 @@ def run_nccl_check(work_dir: Path, nproc: int, backend: str, steps: int, timeout
 def nccl_part(args: argparse.Namespace, context: Context) -> dict:
     import torch
 
+    if context.device == "cpu":  # rehearsal: the same worker and comparison over gloo
+        return run_nccl_check(context.work_dir / "gloo", REHEARSAL_NCCL_RANKS, "gloo", args.nccl_steps,
+                              timeout=min(240.0, context.remaining() - 5))
     return run_nccl_check(context.work_dir / "nccl", torch.cuda.device_count(), "nccl", args.nccl_steps,
                           timeout=min(240.0, context.remaining() - 5))
 
@@ -832,7 +846,8 @@ def precision_agreement(model_name: str, device, batch: int, steps: int, precisi
 
 
 def precision_part(args: argparse.Namespace, context: Context) -> dict:
-    result = precision_agreement(args.model, "cuda:0", args.precision_batch, args.precision_steps)
+    device = "cuda:0" if context.device == "cuda" else "cpu"
+    result = precision_agreement(args.model, device, args.precision_batch, args.precision_steps)
     comparison = result["comparison"]
     passed = all(values["max_relative_diff"] <= args.precision_rtol for values in comparison.values())
     summary = "; ".join(f"{loss} loss: bf16 vs fp32 {values['first_step_relative_diff']:.2e} at step 1, "
@@ -875,13 +890,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return nccl_worker_main(argv)
     started_clock = time.monotonic()
     args = parse_args(argv)
-    refusal = cuda_refusal()
+    refusal = None if args.cpu_rehearsal else cuda_refusal()
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return NO_CUDA_EXIT
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     context = Context(out=args.out.resolve(), work_dir=args.work_dir.resolve(),
-                      deadline=started_clock + args.time_budget, wheels=args.wheels.resolve() if args.wheels else None)
+                      deadline=started_clock + args.time_budget, wheels=args.wheels.resolve() if args.wheels else None,
+                      device="cpu" if args.cpu_rehearsal else "cuda")
     context.work_dir.mkdir(parents=True, exist_ok=True)
     site = context.work_dir / "site"
     installed: list[str] = []
@@ -901,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a version query must not cost the check
         environment = {"error": repr(error), "gpus": [], "installed_from_wheels": installed, "install_method": method}
     report = {"command": shlex.join([Path(sys.executable).name, "-m", "benchmarks.speed.gpu_check", *argv]),
+              "cpu_rehearsal": args.cpu_rehearsal,
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "time_budget_s": args.time_budget,
               "environment": environment, "parts": {}}
     print(f"gpu_check: {environment.get('gpus')}, torch {environment.get('torch')}; installed "
