@@ -1,0 +1,239 @@
+"""The LLM table of docs/llm.md: the paper's language-model claims against proper baselines.
+
+    python -m data_tools.build_llm_corpus                      # once: the corpus (Debian python3.11-doc, 11 MB)
+    python -m benchmarks.paper.llm_baselines --seeds 0 1 2     # 3 x (plain, joint, frozen) runs + evaluation
+    python -m benchmarks.paper.llm_baselines --seeds 0 steps=20 --frozen-steps 10 --output-dir runs/llm-quick
+
+For each seed s, three runs of ``--config`` (default configs/llm_corpus.yaml) on the corpus's train split,
+all with ``run.seed = data.seed = s`` (so the plain and the joint run start from the same LM weights and
+see the same batches):
+
+* ``plain-seed{s}``: the LM alone under cross-entropy (``mode=plain``): the baseline the paper's GPT-2
+  claim needs;
+* ``joint-seed{s}``: LM + TempNet under the token DRO loss (``mode=joint``), the paper's GPT-2 setting;
+* ``frozen-seed{s}``: a fresh TempNet on the frozen plain LM of the same seed (``mode=frozen``,
+  ``--frozen-steps`` steps): the paper's frozen-LM setting on our baseline.
+
+Each run is then evaluated by ``clipdro llm eval --run RUN --output RUN/eval_test.json``: the corpus's test
+split, with the LM's best constant tau chosen on the valid split (never on test), each perplexity with a
+95 % bootstrap interval over the test documents. The paired comparisons (``clipdro llm compare``: the same
+document draws for every seed's pair, seeds pooled) are
+
+* joint with TempNet - plain at tau = 1 (the paper's claim, as it was measured);
+* joint with TempNet - plain at its best constant tau (what a free constant already gives the baseline);
+* frozen TempNet on the plain LM - that LM at its best constant tau (the frozen-mode claim);
+* joint at its best constant tau - plain at its best constant tau (is the jointly trained LM better at all);
+* joint with TempNet - joint at its best constant tau (what the per-token spread adds).
+
+A run whose folder holds a finished run of the same resolved config is reused (rerunning continues an
+interrupted sweep). Outputs in ``--output-dir`` (default runs/llm-baselines): the runs, ``results.json``
+and ``results.md`` (the table: mean over seeds and each seed, then the paired differences in perplexity
+points with their intervals). Extra ``key=value`` arguments override the config of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clipdro.config import load_config, to_dict
+from clipdro.errors import UsageError
+from clipdro.llm.config import LLMTrainConfig
+from clipdro.llm.model import EXPORTED_MODEL_DIR
+from clipdro.llm.results import compare_files
+from clipdro.towers import cache_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE_CONFIG = REPO_ROOT / "configs" / "llm_corpus.yaml"
+CORPUS_NAME = "python3.11-doc_3.11.2-6+deb12u8"  # data_tools.build_llm_corpus's folder of the version used
+MODES = ("plain", "joint", "frozen")
+EVAL_FILE = "eval_test.json"
+# The tau reported beside each perplexity metric (none at tau = 1)
+TAU_OF_METRIC = {"perplexity_constant_tau": "constant_tau", "perplexity_tempnet": "tau_mean"}
+# (row title, mode, metric of its eval file), in table order
+ROWS = [
+    ("plain LM, tau = 1", "plain", "perplexity"),
+    ("plain LM, best constant tau (chosen on valid)", "plain", "perplexity_constant_tau"),
+    ("plain LM + TempNet trained on it frozen", "frozen", "perplexity_tempnet"),
+    ("joint LM with its TempNet", "joint", "perplexity_tempnet"),
+    ("joint LM, tau = 1", "joint", "perplexity"),
+    ("joint LM, best constant tau (chosen on valid)", "joint", "perplexity_constant_tau"),
+]
+# (title, (mode A, metric A), (mode B, metric B)): A - B, paired over test documents, seeds pooled
+COMPARISONS = [
+    ("joint TempNet - plain at tau = 1", ("joint", "perplexity_tempnet"), ("plain", "perplexity")),
+    ("joint TempNet - plain at its best constant tau", ("joint", "perplexity_tempnet"),
+     ("plain", "perplexity_constant_tau")),
+    ("frozen TempNet on the plain LM - that LM at its best constant tau", ("frozen", "perplexity_tempnet"),
+     ("plain", "perplexity_constant_tau")),
+    ("joint at its best constant tau - plain at its best constant tau", ("joint", "perplexity_constant_tau"),
+     ("plain", "perplexity_constant_tau")),
+    ("joint TempNet - joint at its best constant tau", ("joint", "perplexity_tempnet"),
+     ("joint", "perplexity_constant_tau")),
+]
+
+
+def default_corpus() -> Path:
+    return cache_dir() / "llm-corpus" / CORPUS_NAME
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides for every run, e.g. steps=20")
+    parser.add_argument("--config", type=Path, default=BASE_CONFIG)
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="folder with train/valid/test.jsonl (default: data_tools.build_llm_corpus's output, "
+                             f"$CLIPDRO_CACHE/llm-corpus/{CORPUS_NAME})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--frozen-steps", type=int, default=300, help="steps of the frozen-LM TempNet runs")
+    parser.add_argument("--frozen-tempnet-lr", type=float, default=1e-3, help="its TempNet learning rate")
+    parser.add_argument("--bootstrap", type=int, default=10_000)
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "runs" / "llm-baselines")
+    args = parser.parse_args(argv)
+    args.corpus = (args.corpus or default_corpus()).resolve()
+    missing = [name for name in ("train.jsonl", "valid.jsonl", "test.jsonl") if not (args.corpus / name).is_file()]
+    if missing:
+        parser.error(f"--corpus {args.corpus} lacks {', '.join(missing)}: run python -m data_tools.build_llm_corpus")
+    args.output_dir = args.output_dir.resolve()
+    return args
+
+
+def run_overrides(mode: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """Every override of one run (the data splits, the mode, the seeds, the folder, then the user's)."""
+    corpus = args.corpus
+    overrides = [f"data.train=[{corpus / 'train.jsonl'}]", f"data.eval=[{corpus / 'test.jsonl'}]",
+                 f"data.validation=[{corpus / 'valid.jsonl'}]", f"mode={mode}", f"run.seed={seed}",
+                 f"data.seed={seed}", f"run.output_dir={args.output_dir}", f"run.name={mode}-seed{seed}",
+                 *args.overrides]
+    if mode == "frozen":  # the plain run's exported LM, frozen; a fresh TempNet
+        overrides += [f"model.name_or_path={args.output_dir / f'plain-seed{seed}' / EXPORTED_MODEL_DIR}",
+                      "model.architecture=null", "model.tokenizer=null", f"steps={args.frozen_steps}",
+                      f"tempnet.lr={args.frozen_tempnet_lr}"]
+    return overrides
+
+
+def finished_with(run_dir: Path, expected: dict) -> bool:
+    """Whether ``run_dir`` holds a run of exactly this resolved config that trained to its last step."""
+    saved, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+    if not saved.is_file() or not metrics.is_file():
+        return False
+    if to_dict(load_config(LLMTrainConfig, saved, [])) != expected:
+        return False
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    evaluated = [record["step"] for record in records if "eval" in record]
+    return bool(evaluated) and expected["steps"] is not None and evaluated[-1] == expected["steps"]
+
+
+def train_and_evaluate(mode: str, seed: int, args: argparse.Namespace) -> dict:
+    overrides = run_overrides(mode, seed, args)
+    expected = to_dict(load_config(LLMTrainConfig, args.config, overrides))
+    if expected["steps"] is None:
+        raise UsageError("llm_baselines sizes runs in steps: set steps in the config or as an override")
+    run_dir = args.output_dir / f"{mode}-seed{seed}"
+    console = args.output_dir / f"{mode}-seed{seed}.console.txt"
+    wall = None
+    if finished_with(run_dir, expected):
+        print(f"[{mode} seed {seed}] reusing the finished run in {run_dir}", flush=True)
+    else:
+        command = [sys.executable, "-m", "clipdro.cli", "llm", "train", "--config", str(args.config), *overrides,
+                   "--overwrite"]
+        print(f"[{mode} seed {seed}] {' '.join(command)}", flush=True)
+        started = time.monotonic()
+        with console.open("w") as log:
+            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+        if status != 0:
+            raise SystemExit(f"[{mode} seed {seed}] training failed ({status}); see {console}")
+        wall = time.monotonic() - started
+    eval_file = run_dir / EVAL_FILE
+    if not eval_file.is_file() or wall is not None:
+        command = [sys.executable, "-m", "clipdro.cli", "llm", "eval", "--run", str(run_dir), "--bootstrap",
+                   str(args.bootstrap), "--output", str(eval_file)]
+        with (args.output_dir / f"{mode}-seed{seed}.eval.txt").open("w") as log:
+            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode != 0:
+                raise SystemExit(f"[{mode} seed {seed}] evaluation failed; see {log.name}")
+    return {"mode": mode, "seed": seed, "run_dir": str(run_dir), "train_seconds": wall,
+            "metrics": json.loads(eval_file.read_text())["metrics"]}
+
+
+def summary_rows(runs: list[dict], seeds: list[int]) -> list[dict]:
+    by_mode = {(run["mode"], run["seed"]): run["metrics"] for run in runs}
+    rows = []
+    for title, mode, metric in ROWS:
+        values = [by_mode[(mode, seed)][metric] for seed in seeds if metric in by_mode.get((mode, seed), {})]
+        intervals = [by_mode[(mode, seed)].get(f"{metric}_ci95") for seed in seeds if (mode, seed) in by_mode]
+        tau_key = TAU_OF_METRIC.get(metric)
+        taus = [by_mode[(mode, seed)].get(tau_key) for seed in seeds] if tau_key else None
+        rows.append({"row": title, "mode": mode, "metric": metric, "per_seed": values, "per_seed_ci95": intervals,
+                     "mean": statistics.mean(values) if values else None,
+                     "std": statistics.stdev(values) if len(values) > 1 else None,
+                     "tau_per_seed": taus})
+    return rows
+
+
+def paired_rows(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for title, (mode_a, metric_a), (mode_b, metric_b) in COMPARISONS:
+        files = []
+        for seed in args.seeds:
+            files += [args.output_dir / f"{mode_a}-seed{seed}" / EVAL_FILE,
+                      args.output_dir / f"{mode_b}-seed{seed}" / EVAL_FILE]
+        result = compare_files(files, metric_a, metric_b, args.bootstrap, seed=0)
+        rows.append({"comparison": title, **result})
+    return rows
+
+
+def markdown(summary: list[dict], paired: list[dict], args: argparse.Namespace, settings: dict) -> str:
+    seeds = ", ".join(map(str, args.seeds))
+    lines = [f"# LLM baselines ({len(args.seeds)} seeds: {seeds})", "",
+             f"- config: `{settings['config']}` + `{' '.join(args.overrides) or 'no overrides'}`; corpus "
+             f"`{args.corpus.name}`; frozen TempNet: {args.frozen_steps} steps at lr {args.frozen_tempnet_lr:g}",
+             f"- machine: {settings['hardware']}", "",
+             "Test-split perplexity (per token of the run's tokenizer); per seed with its 95 % bootstrap interval "
+             "over test documents; tau: the best constant tau (valid split) or the mean TempNet tau.", "",
+             "| | mean ± std | per seed [95 % interval] | tau per seed |", "|---|---:|---|---|"]
+    for row in summary:
+        if row["mean"] is None:
+            continue
+        spread = f" ± {row['std']:.3f}" if row["std"] is not None else ""
+        per_seed = "; ".join(f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                             for value, ci in zip(row["per_seed"], row["per_seed_ci95"], strict=True))
+        taus = ", ".join(f"{tau:.3f}" for tau in row["tau_per_seed"] or [] if tau is not None)
+        lines.append(f"| {row['row']} | {row['mean']:.3f}{spread} | {per_seed} | {taus} |")
+    lines += ["", "Paired differences A − B in perplexity, the same test-document draws for every seed's pair, "
+              f"seeds pooled ({args.bootstrap} replicates):", "", "| A − B | mean difference | 95 % interval |",
+              "|---|---:|---|"]
+    for row in paired:
+        interval = f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]" if row["ci95"] else "not computed"
+        lines.append(f"| {row['comparison']} | {row['mean_difference']:+.3f} | {interval} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in args.seeds:
+        for mode in MODES:  # frozen needs its seed's plain LM first
+            runs.append(train_and_evaluate(mode, seed, args))
+    settings = {"config": str(args.config), "overrides": args.overrides, "corpus": str(args.corpus),
+                "seeds": args.seeds, "frozen_steps": args.frozen_steps, "frozen_tempnet_lr": args.frozen_tempnet_lr,
+                "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                            f"Python {platform.python_version()}"}
+    summary, paired = summary_rows(runs, args.seeds), paired_rows(args)
+    (args.output_dir / "results.json").write_text(json.dumps(
+        {"settings": settings, "runs": runs, "summary": summary, "paired": paired}, indent=1) + "\n")
+    text = markdown(summary, paired, args, settings)
+    (args.output_dir / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""benchmarks/paper/llm_baselines.py end to end on a tiny corpus: one seed x (plain, joint, frozen), the
+table, the paired comparisons, and the reuse of finished runs (6 subprocesses: about a minute)."""
+
+import json
+
+from benchmarks.paper import llm_baselines
+from tests.llm_factory import SEQ_LEN, TINY_GPT2
+
+TEXTS = {
+    "train": ["The temperature of a softmax decides how sharp a language model's next-token distribution is.",
+              "A network that predicts one temperature per token can cool confident tokens and warm uncertain ones.",
+              "Plain cross-entropy is the baseline every temperature network must beat on held-out text."],
+    "valid": ["The constant temperature is chosen here.", "Never on the test documents."],
+    "test": ["Cool the confident.", "Warm the uncertain, gently.", "Per token."],
+}
+
+
+def test_three_modes_table_and_reuse(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split, texts in TEXTS.items():
+        (corpus / f"{split}.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    output = tmp_path / "out"
+    argv = ["--corpus", str(corpus), "--seeds", "1", "--frozen-steps", "2", "--bootstrap", "200",
+            "--output-dir", str(output), f"model.architecture={TINY_GPT2}", f"data.seq_len={SEQ_LEN}",
+            "data.batch_size=4", "steps=2", "tempnet.hidden=16", "tempnet.dropout=0.0", "eval.batch_size=8"]
+    assert llm_baselines.main(argv) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert [(run["mode"], run["seed"]) for run in results["runs"]] == [
+        (mode, 1) for mode in ("plain", "joint", "frozen")]
+    rows = {row["row"]: row for row in results["summary"]}
+    plain_best = rows["plain LM, best constant tau (chosen on valid)"]
+    assert len(plain_best["per_seed"]) == 1 and all(tau > 0 for tau in plain_best["tau_per_seed"])
+    assert rows["plain LM, tau = 1"]["tau_per_seed"] is None
+    # The frozen run's LM is the plain run's: the same perplexity at tau = 1 on the same test tokens.
+    plain = json.loads((output / "plain-seed1" / "eval_test.json").read_text())["metrics"]
+    frozen = json.loads((output / "frozen-seed1" / "eval_test.json").read_text())["metrics"]
+    assert frozen["perplexity"] == plain["perplexity"] and frozen["constant_tau"] == plain["constant_tau"]
+    assert [row["comparison"] for row in results["paired"]] == [title for title, _, _ in llm_baselines.COMPARISONS]
+    for row in results["paired"]:
+        low, high = row["ci95"]
+        assert low <= row["mean_difference"] <= high and len(row["pairs"]) == 1
+    table = (output / "results.md").read_text()
+    assert "| joint TempNet - plain at tau = 1 |" in table and "plain LM + TempNet trained on it frozen" in table
+
+    # A rerun reuses every finished run: nothing is trained again.
+    capsys.readouterr()
+    assert llm_baselines.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing the finished run") == 3 and "llm train" not in printed
