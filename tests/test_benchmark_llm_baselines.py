@@ -42,6 +42,8 @@ def test_three_modes_table_and_reuse(tmp_path, capsys):
         assert low <= row["mean_difference"] <= high and len(row["pairs"]) == 1
     table = (output / "results.md").read_text()
     assert "| joint TempNet - plain at tau = 1 |" in table and "plain LM + TempNet trained on it frozen" in table
+    assert "| joint-seed1 |" in table and "| frozen-seed1 |" in table  # the tau report rows
+    assert (output / "joint-seed1" / "report" / "tau_analysis.json").is_file()
 
     # A rerun reuses every finished run: nothing is trained again.
     capsys.readouterr()

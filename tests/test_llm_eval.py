@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -153,3 +154,28 @@ def test_bootstrap_over_documents_on_a_hand_computed_example():
     assert paired_difference([(tokens, losses, losses)], 500, 0) == [0.0, 0.0]
     low, high = paired_difference([(tokens, losses + tokens * math.log(2), losses)], 4000, 0)
     assert (low, high) == pytest.approx((1.0, 4.0))  # ppl doubles: A - B = ppl_B
+
+
+def test_tau_report_tables_correlates_and_refuses_a_plain_run(runs, tmp_path, capsys):
+    output = tmp_path / "report"
+    assert cli.main(["llm", "report", "--run", str(runs["joint"]), "--output", str(output), "--bins", "3"]) == 0
+    table = pd.read_csv(output / "tau_tokens.csv.gz")
+    assert len(table) == sum(len(text) + 1 for text in HELDOUT_DOCUMENTS) - 1  # every held-out target once
+    assert table["position"].tolist()[:3] == [0, 1, 2] and (table["tau"] > 0).all()
+    analysis = json.loads((output / "tau_analysis.json").read_text())
+    assert set(analysis["spearman"]) == {"entropy", "input_log_frequency", "target_log_frequency", "position"}
+    assert analysis["tau"]["count"] == len(table) and (output / "tau_analysis.png").stat().st_size > 0
+    assert "Spearman(tau, feature)" in (output / "report.md").read_text()
+    assert cli.main(["llm", "report", "--run", str(runs["plain"]), "--output", str(tmp_path / "plain")]) == 2
+    assert "no TempNet" in capsys.readouterr().err
+
+
+def test_token_frequencies_and_document_positions_by_hand():
+    from clipdro.llm.data import PackedText
+    from clipdro.llm.tau_report import positions_in_documents, token_log_frequencies
+
+    targets = torch.tensor([[1, 1, 2, -100]])
+    training = PackedText(targets, targets, targets)
+    expected = np.log(np.array([1, 3, 2]) / (3 + 3))  # add-one counts of ids 0, 1, 2 over 3 targets, V = 3
+    assert np.allclose(token_log_frequencies(training, 3), expected)
+    assert positions_in_documents(np.array([0, 0, 0, 1, 1, 3])).tolist() == [0, 1, 2, 0, 1, 0]

@@ -16,7 +16,8 @@ see the same batches):
 
 Each run is then evaluated by ``clipdro llm eval --run RUN --output RUN/eval_test.json``: the corpus's test
 split, with the LM's best constant tau chosen on the valid split (never on test), each perplexity with a
-95 % bootstrap interval over the test documents. The paired comparisons (``clipdro llm compare``: the same
+95 % bootstrap interval over the test documents; the joint and frozen runs also get ``clipdro llm report``
+(what their tau tracks: entropy, token frequency, position). The paired comparisons (``clipdro llm compare``: the same
 document draws for every seed's pair, seeds pooled) are
 
 * joint with TempNet - plain at tau = 1 (the paper's claim, as it was measured);
@@ -158,8 +159,18 @@ def train_and_evaluate(mode: str, seed: int, args: argparse.Namespace) -> dict:
         with (args.output_dir / f"{mode}-seed{seed}.eval.txt").open("w") as log:
             if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode != 0:
                 raise SystemExit(f"[{mode} seed {seed}] evaluation failed; see {log.name}")
-    return {"mode": mode, "seed": seed, "run_dir": str(run_dir), "train_seconds": wall,
-            "metrics": json.loads(eval_file.read_text())["metrics"]}
+    record = {"mode": mode, "seed": seed, "run_dir": str(run_dir), "train_seconds": wall,
+              "metrics": json.loads(eval_file.read_text())["metrics"]}
+    if mode != "plain":  # what its TempNet's tau tracks (clipdro llm report)
+        analysis_file = run_dir / "report" / "tau_analysis.json"
+        if not analysis_file.is_file() or wall is not None:
+            command = [sys.executable, "-m", "clipdro.cli", "llm", "report", "--run", str(run_dir)]
+            with (args.output_dir / f"{mode}-seed{seed}.report.txt").open("w") as log:
+                if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode != 0:
+                    raise SystemExit(f"[{mode} seed {seed}] tau report failed; see {log.name}")
+        analysis = json.loads(analysis_file.read_text())
+        record["tau_analysis"] = {"tau": analysis["tau"], "spearman": analysis["spearman"]}
+    return record
 
 
 def summary_rows(runs: list[dict], seeds: list[int]) -> list[dict]:
@@ -189,7 +200,8 @@ def paired_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def markdown(summary: list[dict], paired: list[dict], args: argparse.Namespace, settings: dict) -> str:
+def markdown(summary: list[dict], paired: list[dict], runs: list[dict], args: argparse.Namespace,
+             settings: dict) -> str:
     seeds = ", ".join(map(str, args.seeds))
     lines = [f"# LLM baselines ({len(args.seeds)} seeds: {seeds})", "",
              f"- config: `{settings['config']}` + `{' '.join(args.overrides) or 'no overrides'}`; corpus "
@@ -206,6 +218,19 @@ def markdown(summary: list[dict], paired: list[dict], args: argparse.Namespace, 
                              for value, ci in zip(row["per_seed"], row["per_seed_ci95"], strict=True))
         taus = ", ".join(f"{tau:.3f}" for tau in row["tau_per_seed"] or [] if tau is not None)
         lines.append(f"| {row['row']} | {row['mean']:.3f}{spread} | {per_seed} | {taus} |")
+    lines += ["", "What the TempNet's per-token tau tracks on the test tokens (`clipdro llm report`): its spread and "
+              "Spearman's correlation with the LM's entropy, the frequency of the token the prediction follows and "
+              "of the predicted token, and the position in the document:", "",
+              "| run | tau p5 / median / p95 | p95 / p5 | entropy | input frequency | target frequency | position |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        if "tau_analysis" not in run:
+            continue
+        tau, correlation = run["tau_analysis"]["tau"], run["tau_analysis"]["spearman"]
+        lines.append(f"| {run['mode']}-seed{run['seed']} | {tau['p5']:.3f} / {tau['median']:.3f} / {tau['p95']:.3f} "
+                     f"| {tau['spread_p95_over_p5']:.3f} | {correlation['entropy']:+.3f} | "
+                     f"{correlation['input_log_frequency']:+.3f} | {correlation['target_log_frequency']:+.3f} | "
+                     f"{correlation['position']:+.3f} |")
     lines += ["", "Paired differences A − B in perplexity, the same test-document draws for every seed's pair, "
               f"seeds pooled ({args.bootstrap} replicates):", "", "| A − B | mean difference | 95 % interval |",
               "|---|---:|---|"]
@@ -229,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, paired = summary_rows(runs, args.seeds), paired_rows(args)
     (args.output_dir / "results.json").write_text(json.dumps(
         {"settings": settings, "runs": runs, "summary": summary, "paired": paired}, indent=1) + "\n")
-    text = markdown(summary, paired, args, settings)
+    text = markdown(summary, paired, runs, args, settings)
     (args.output_dir / "results.md").write_text(text)
     print(text)
     return 0

@@ -17,7 +17,8 @@ subcommands:
   train     train a TempNet on a frozen LM, or LM + TempNet jointly (--config configs/llm_*.yaml)
   generate  sample from an LM whose logits are divided by TempNet's per-token tau
   eval      held-out perplexity at tau = 1, at the best constant tau and with TempNet, with intervals
-  compare   paired perplexity differences of `eval --output` files over the same documents"""
+  compare   paired perplexity differences of `eval --output` files over the same documents
+  report    what a TempNet's per-token tau tracks (LM entropy, token frequency, position)"""
 
 
 def generate_main(argv: list[str]) -> int:
@@ -146,6 +147,44 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
+def report_main(argv: list[str]) -> int:
+    parser = UsageArgumentParser(prog="clipdro llm report",
+                                 description="What a TempNet's per-token tau tracks: LM entropy, token frequency, "
+                                             "position (table, correlations, figure).")
+    parser.add_argument("--run", "--tempnet", dest="run", required=True,
+                        help="run folder or checkpoint of a joint or frozen `clipdro llm train` run")
+    parser.add_argument("--data", nargs="*", default=None, help="held-out files (default: the run's held-out set)")
+    parser.add_argument("--max-sequences", type=int, default=None, help="cap on held-out sequences (default all)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bins", type=int, default=10, help="quantile bins per feature (default 10)")
+    parser.add_argument("--output", type=Path, default=None, help="report folder (default RUN/report)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... or auto (cuda if available)")
+    args = parser.parse_args(argv)
+    from clipdro.llm.config import LLMTrainConfig
+    from clipdro.llm.data import load_datasets, load_packed
+    from clipdro.llm.model import load_lm_with_tempnet
+    from clipdro.llm.tau_report import analyse, token_log_frequencies, token_table, write_report
+
+    loaded = load_lm_with_tempnet(None, args.run, parse_device(args.device))
+    if loaded.tempnet is None:
+        raise UsageError(f"{args.run}: a plain run has no TempNet to report on")
+    run_config = from_dict(LLMTrainConfig, loaded.config)
+    training, heldout = load_datasets(run_config.data, loaded.tokenizer)
+    if args.data:
+        heldout = load_packed(args.data, loaded.tokenizer, run_config.data.seq_len, run_config.data.text_field)
+    if heldout is None:
+        raise UsageError("the run had no held-out data: give --data")
+    vocab_size = loaded.lm.get_output_embeddings().weight.shape[0]
+    table = token_table(loaded.lm, loaded.tempnet, heldout, token_log_frequencies(training, vocab_size),
+                        args.batch_size, max_sequences=args.max_sequences)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent.parent
+    title = f"TempNet tau of {run_dir.name} ({run_config.mode} mode) on {len(table)} held-out tokens"
+    path = write_report(table, analyse(table, args.bins), args.output or run_dir / "report", title)
+    print(path.read_text())
+    print(f"wrote {path.parent}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -166,4 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         return eval_main(rest)
     if subcommand == "compare":
         return compare_main(rest)
-    raise UsageError(f"unknown subcommand {subcommand!r} (train, generate, eval, compare)")
+    if subcommand == "report":
+        return report_main(rest)
+    raise UsageError(f"unknown subcommand {subcommand!r} (train, generate, eval, compare, report)")

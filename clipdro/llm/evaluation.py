@@ -40,10 +40,11 @@ from clipdro.tempnet import LMTempNet
 TAU_GRID_CHUNK = 2048
 
 
-def _held_out_batches(lm: PreTrainedModel, modules: Sequence[torch.nn.Module], heldout: PackedText, batch_size: int,
-                      precision: str, max_sequences: int | None):
-    """(logits [T, V] float32, targets [T], documents [T]) of this rank's held-out sequences, non-ignored
-    tokens only, with every module in eval mode (their modes are restored afterwards)."""
+def held_out_batches(lm: PreTrainedModel, modules: Sequence[torch.nn.Module], heldout: PackedText, batch_size: int,
+                     precision: str, max_sequences: int | None):
+    """(logits [T, V] float32, targets [T], documents [T], inputs [T]) of this rank's held-out sequences,
+    non-ignored tokens only (``inputs``: the token each prediction follows), in stream order on one
+    process, with every module in eval mode (their modes are restored afterwards)."""
     device = next(lm.parameters()).device
     rows = heldout.rows(slice(None, max_sequences)).rows(slice(get_rank(), None, get_world_size()))
     was_training = [module.training for module in modules]
@@ -57,7 +58,7 @@ def _held_out_batches(lm: PreTrainedModel, modules: Sequence[torch.nn.Module], h
             with torch.no_grad(), autocast_context(precision, device):
                 logits = lm_logits(lm, inputs)
             mask = targets != IGNORE_INDEX
-            yield logits.float().flatten(0, 1)[mask], targets[mask], documents[mask]
+            yield logits.float().flatten(0, 1)[mask], targets[mask], documents[mask], inputs.flatten()[mask]
     finally:
         for module, training in zip(modules, was_training, strict=True):
             module.train(training)
@@ -103,7 +104,8 @@ def heldout_sums(lm: PreTrainedModel, tempnet: LMTempNet | None, heldout: Packed
         names += ["cross_entropy_tempnet", "tau", "dro"]
     sums = torch.zeros(len(names), num_documents, dtype=torch.float64, device=device)
     modules = [lm] if tempnet is None else [lm, tempnet]
-    for logits, targets, documents in _held_out_batches(lm, modules, heldout, batch_size, precision, max_sequences):
+    for logits, targets, documents, _ in held_out_batches(lm, modules, heldout, batch_size, precision,
+                                                          max_sequences):
         per_token = [torch.ones_like(targets, dtype=torch.float64),
                      F.cross_entropy(logits, targets, reduction="none")]
         if constant_tau is not None:
@@ -157,7 +159,7 @@ def best_constant_tau(lm: PreTrainedModel, validation: PackedText, tau_range: tu
     cross_entropy = torch.zeros(grid_points, dtype=torch.float64, device=device)
     derivative = torch.zeros(grid_points, dtype=torch.float64, device=device)
     tokens = torch.zeros((), dtype=torch.float64, device=device)
-    for logits, targets, _ in _held_out_batches(lm, [lm], validation, batch_size, precision, max_sequences):
+    for logits, targets, _, _ in held_out_batches(lm, [lm], validation, batch_size, precision, max_sequences):
         tokens += targets.numel()
         for start in range(0, targets.numel(), TAU_GRID_CHUNK):
             chunk = logits[start:start + TAU_GRID_CHUNK].double()
