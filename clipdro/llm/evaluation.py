@@ -36,8 +36,8 @@ from clipdro.llm.results import PERPLEXITY_SUMS
 from clipdro.runtime import autocast_context
 from clipdro.tempnet import LMTempNet
 
-# Tokens per chunk when scoring many constant taus at once (memory: chunk x V x 4 bytes per tau).
-TAU_GRID_CHUNK = 2048
+# Logits per chunk when scoring many constant taus at once: tokens x V <= this (32 MB per float64 tensor).
+TAU_GRID_ELEMENTS = 1 << 22
 
 
 def held_out_batches(lm: PreTrainedModel, modules: Sequence[torch.nn.Module], heldout: PackedText, batch_size: int,
@@ -161,9 +161,10 @@ def best_constant_tau(lm: PreTrainedModel, validation: PackedText, tau_range: tu
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     for logits, targets, _, _ in held_out_batches(lm, [lm], validation, batch_size, precision, max_sequences):
         tokens += targets.numel()
-        for start in range(0, targets.numel(), TAU_GRID_CHUNK):
-            chunk = logits[start:start + TAU_GRID_CHUNK].double()
-            target_logit = chunk.gather(1, targets[start:start + TAU_GRID_CHUNK, None])  # [T, 1]
+        rows = max(1, TAU_GRID_ELEMENTS // logits.shape[1])
+        for start in range(0, targets.numel(), rows):
+            chunk = logits[start:start + rows].double()
+            target_logit = chunk.gather(1, targets[start:start + rows, None])  # [T, 1]
             for index, beta in enumerate(betas):
                 scaled = beta * chunk
                 log_normaliser = torch.logsumexp(scaled, dim=1, keepdim=True)
