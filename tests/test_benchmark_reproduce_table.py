@@ -119,6 +119,24 @@ def test_oracle_runs_at_the_resolved_sogclr_level():
     assert train_command("clip", clip)[1:5] == ["-m", "clipdro.cli", "train", "--config"]
 
 
+def test_dataset_oracle_level_runs_at_sogclrs_level_and_reports_its_tables(tmp_path):
+    import torch
+
+    overrides = run_overrides("dataset-oracle-level", 2, BASE_CONFIG.parent, ["temperature.init=0.066"])
+    assert train_command("dataset-oracle-level", overrides)[1:3] == ["-m", "benchmarks.paper.dataset_oracle"]
+    assert load_config(TrainConfig, BASE_CONFIG, overrides).loss.options == {"level": 0.066}
+    plain = run_overrides("dataset-oracle", 2, BASE_CONFIG.parent, [])
+    assert load_config(TrainConfig, BASE_CONFIG, plain).loss.options == {}  # the raw tau*, no rescaling
+    # Its per-sample taus are the loss's checkpointed tables: 20 values 0.01 .. 0.2 -> p5 0.01, p95 0.19.
+    (tmp_path / "checkpoints").mkdir()
+    taus = torch.arange(1, 21, dtype=torch.float32) / 100
+    torch.save({"format": "clipdro-checkpoint/1", "loss": {"image_taus": taus, "text_taus": 2 * taus}},
+               tmp_path / "checkpoints" / "step_000004.pt")
+    summary = reproduce_table.oracle_table_summary(tmp_path)
+    assert summary["image"]["p5"] == pytest.approx(0.01) and summary["image"]["p95"] == pytest.approx(0.19)
+    assert summary["text"]["p95_over_p5"] == pytest.approx(19.0) and np.isnan(summary["text"]["spearman_commonness"])
+
+
 # ------------------------------------------------------------------------------ --config
 
 

@@ -97,6 +97,7 @@ ENTRY_POINTS = {**dict.fromkeys(ORACLE_STRENGTHS, "benchmarks.paper.oracle_tau")
                 **dict.fromkeys(("dataset-oracle", "dataset-oracle-level"), "benchmarks.paper.dataset_oracle")}
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
+DATASET_ORACLES = ("dataset-oracle", "dataset-oracle-level")  # per-sample taus in the loss's checkpointed tables
 
 # (column title, metrics.jsonl key) in table order; IR = text->image, TR = image->text (method.md §5)
 METRICS = [
@@ -271,12 +272,27 @@ def temperature_summary(run_dir: Path) -> dict:
     commonness = [float(row["commonness"]) for row in rows]
     summary = {}
     for side in ("image", "text"):
-        taus = sorted(float(row[f"{side}_tau"]) for row in rows if math.isfinite(float(row[f"{side}_tau"])))
-        p5, p95 = taus[int(0.05 * (len(taus) - 1))], taus[int(0.95 * (len(taus) - 1))]
-        summary[side] = {"mean": statistics.fmean(taus), "std": statistics.pstdev(taus), "p5": p5, "p95": p95,
-                         "p95_over_p5": p95 / p5,
-                         "spearman_commonness": spearman(commonness, [float(row[f"{side}_tau"]) for row in rows])}
+        side_taus = [float(row[f"{side}_tau"]) for row in rows]
+        summary[side] = {**spread(side_taus), "spearman_commonness": spearman(commonness, side_taus)}
     return summary
+
+
+def spread(values: list[float]) -> dict:
+    """mean, std, p5, p95 and p95/p5 of the finite values."""
+    taus = sorted(value for value in values if math.isfinite(value))
+    p5, p95 = taus[int(0.05 * (len(taus) - 1))], taus[int(0.95 * (len(taus) - 1))]
+    return {"mean": statistics.fmean(taus), "std": statistics.pstdev(taus), "p5": p5, "p95": p95,
+            "p95_over_p5": p95 / p5}
+
+
+def oracle_table_summary(run_dir: Path) -> dict:
+    """Spread of a dataset-oracle run's per-sample taus (its last refresh, the tables in its newest checkpoint),
+    over the samples of the training split; no commonness correlation (NaN)."""
+    from clipdro.checkpoint import list_checkpoints, load_checkpoint
+
+    loss_state = load_checkpoint(list_checkpoints(run_dir)[-1], map_location="cpu")["loss"]
+    return {side: {**spread(loss_state[f"{side}_taus"].double().tolist()), "spearman_commonness": math.nan}
+            for side in ("image", "text")}
 
 
 def global_tau(run_dir: Path) -> float:
@@ -286,6 +302,10 @@ def global_tau(run_dir: Path) -> float:
 
 
 # ------------------------------------------------------------------------------ summaries
+
+
+def signed(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.2f}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -402,8 +422,8 @@ def markdown(runs: list[dict], summary: dict, methods: list[str], baseline: str 
             image, text = taus["image"], taus["text"]
             lines.append(f"| {run['name']} | {image['mean']:.4f} (mean) | {image['p5']:.4f} – {image['p95']:.4f} "
                          f"({image['p95_over_p5']:.2f}) | {text['p5']:.4f} – {text['p95']:.4f} "
-                         f"({text['p95_over_p5']:.2f}) | {image['spearman_commonness']:+.2f} / "
-                         f"{text['spearman_commonness']:+.2f} | {minutes} |")
+                         f"({text['p95_over_p5']:.2f}) | {signed(image['spearman_commonness'])} / "
+                         f"{signed(text['spearman_commonness'])} | {minutes} |")
         else:
             kind = "global" if run["method"] in ("clip", "sogclr") else "last batch's mean"
             lines.append(f"| {run['name']} | {run['global_tau']:.4f} ({kind}) | – | – | – | {minutes} |")
@@ -456,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             run["eval_files"] = {task: str(path.relative_to(args.output_dir)) for task, path in files.items()}
             if method in PER_SAMPLE_METHODS:
                 run["taus"] = temperature_summary(run_dir)
+            elif method in DATASET_ORACLES:
+                run["taus"] = oracle_table_summary(run_dir)
             else:
                 run["global_tau"] = global_tau(run_dir)
             runs.append(run)
