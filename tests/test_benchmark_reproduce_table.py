@@ -137,6 +137,15 @@ def test_dataset_oracle_level_runs_at_sogclrs_level_and_reports_its_tables(tmp_p
     assert summary["text"]["p95_over_p5"] == pytest.approx(19.0) and np.isnan(summary["text"]["spearman_commonness"])
 
 
+def test_training_tau_summary_leaves_out_samples_without_a_tau(tmp_path):
+    path = tmp_path / "training_taus.csv"
+    rows = [f"{i},cap,{(i + 1) / 100},{(i + 1) / 50},{-i}" for i in range(20)] + ["20,never drawn,,,-3.0"]
+    path.write_text("sample_id,caption,image_tau,text_tau,commonness\n" + "\n".join(rows) + "\n")
+    summary = reproduce_table.training_taus_summary(path)
+    assert summary["image"]["p5"] == pytest.approx(0.01) and summary["image"]["p95"] == pytest.approx(0.19)
+    assert summary["text"]["spearman_commonness"] == pytest.approx(-1.0)  # tau falls as commonness rises
+
+
 # ------------------------------------------------------------------------------ --config
 
 

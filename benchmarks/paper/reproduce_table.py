@@ -267,14 +267,21 @@ def temperature_summary(run_dir: Path) -> dict:
     subprocess.run([sys.executable, "-m", "clipdro.cli", "report", str(run_dir), "--data",
                     str(REPO_ROOT / "data" / "openclipart" / "test")],
                    cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
-    with open(run_dir / "report" / "training_taus.csv") as file:
+    return training_taus_summary(run_dir / "report" / "training_taus.csv")
+
+
+def training_taus_summary(path: Path) -> dict:
+    """Per side: the spread of a report's ``training_taus.csv`` and tau's Spearman with caption commonness.
+    Empty cells (an isogclr sample the run never drew; a caption without words) are NaN, left out."""
+    with open(path) as file:
         rows = list(csv.DictReader(file))
-    commonness = [float(row["commonness"]) for row in rows]
-    summary = {}
-    for side in ("image", "text"):
-        side_taus = [float(row[f"{side}_tau"]) for row in rows]
-        summary[side] = {**spread(side_taus), "spearman_commonness": spearman(commonness, side_taus)}
-    return summary
+
+    def column(name: str) -> list[float]:
+        return [float(row[name] or "nan") for row in rows]
+
+    commonness = column("commonness")
+    return {side: {**spread(column(f"{side}_tau")), "spearman_commonness": spearman(commonness, column(f"{side}_tau"))}
+            for side in ("image", "text")}
 
 
 def spread(values: list[float]) -> dict:
