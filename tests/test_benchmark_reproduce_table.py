@@ -397,3 +397,56 @@ def test_main_writes_the_interval_tables_without_training(evaluated_runs, tmp_pa
     assert "tempnet − clip, paired bootstrap 95 % interval over queries, seeds 1, 2 pooled" in text
     assert "tempnet − clip per seed" in text and "| clip (2 seeds) |" in text  # the existing tables stay
     assert no_subprocess == []  # the eval files were there: no clipdro eval, no training
+
+
+def test_a_variant_sweep_takes_its_baselines_from_a_reference_sweep(evaluated_runs, tmp_path, monkeypatch,
+                                                                    no_subprocess, capsys):
+    """--reference-dir: clip and sogclr come from an earlier sweep's results.json (not trained), the variant's
+    tempnet is trained here, and the interval tables pair them seed by seed across the two folders."""
+    reference_dir = tmp_path / "reference"  # the earlier sweep: clip and sogclr runs with their eval files
+    reference_dir.mkdir()
+    for run in evaluated_runs:
+        if run["method"] != "tempnet":
+            (tmp_path / run["name"]).rename(reference_dir / run["name"])
+    settings = {"base_config": "configs/pretrained_demo.yaml",
+                "eval_sets": {"retrieval": "data/openclipart/test", "zeroshot": "data/openclipart/test"}}
+    (reference_dir / "results.json").write_text(json.dumps({"settings": settings, "runs": evaluated_runs}))
+    variant_dir = tmp_path / "variant"
+    variant_dir.mkdir()
+    for seed in (1,):
+        (tmp_path / f"tempnet-seed{seed}").rename(variant_dir / f"tempnet-seed{seed}")
+    trained = []
+
+    def fake_train(method, seed, args):
+        trained.append((method, seed, args.overrides))
+        run_dir = args.output_dir / f"{method}-seed{seed}"
+        metrics = hand_metrics(method, seed)
+        record = {f"openclipart-test/{key}": metrics[title] for title, key in METRICS}
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 22, "eval": record}) + "\n")
+        return run_dir, 30.0
+
+    monkeypatch.setattr(reproduce_table, "train", fake_train)
+    monkeypatch.setattr(reproduce_table, "temperature_summary", lambda run_dir: fake_run("x", 0, 0, True)["taus"])
+    argv = ["--methods", "tempnet", "--seeds", "1", "--output-dir", str(variant_dir), "--config", str(DEMO_CONFIG),
+            "--reference-dir", str(reference_dir), "loss.rho=3.0"]
+    assert reproduce_table.main(argv) == 0
+    assert trained == [("tempnet", 1, ["loss.rho=3.0"])]  # only the variant's method trains
+    results = json.loads((variant_dir / "results.json").read_text())
+    assert results["settings"]["reference"] == {"dir": str(reference_dir), "methods": ["clip", "sogclr"]}
+    assert [run["method"] for run in results["runs"]] == ["clip", "sogclr", "tempnet"]
+    assert results["runs"][0]["eval_files"]["retrieval"] == str(reference_dir / "clip-seed1" / "eval_retrieval.json")
+    pairs = [(entry["method"], entry["reference"], entry["seeds"]) for entry in results["paired_intervals"]]
+    assert pairs == [("sogclr", "clip", [1]), ("tempnet", "clip", [1]), ("tempnet", "sogclr", [1])]
+    tempnet_clip = results["paired_intervals"][1]["metrics"]["IR@1"]["pair_diffs"]
+    assert tempnet_clip == pytest.approx([hand_metrics("tempnet", 1)["IR@1"] - hand_metrics("clip", 1)["IR@1"]])
+    text = (variant_dir / "results.md").read_text()
+    assert f"| {reference_dir}/clip-seed1 | 0.0640 (global) | – | – | – | reused |" in text
+    # a seed the reference sweep lacks, another base config, a method asked for twice: one clear line each
+    with pytest.raises(SystemExit, match="has no evaluated sogclr run of seed 2"):
+        reproduce_table.main([*argv[:3], "2", *argv[4:]])
+    other_config = [arg if arg != str(DEMO_CONFIG) else str(BASE_CONFIG) for arg in argv]
+    with pytest.raises(SystemExit, match="has base_config configs/pretrained_demo.yaml, this sweep"):
+        reproduce_table.main(other_config)
+    with pytest.raises(SystemExit):
+        parse_args([*argv, "--methods", "clip", "tempnet"])
+    assert "clip: in --methods and in --reference-methods" in capsys.readouterr().err

@@ -3,6 +3,9 @@
 # order they were run. Each reproduce_table call reuses the finished runs of its output folder, so
 # rerunning this script after an interruption continues where it stopped. About 8-10 min per run on
 # 2 CPU cores; the whole script is about 40 runs. Run one stage with:  bash THIS_FILE STAGE
+# The variant sweeps (rho3, lr10, tau-paper) train only the methods whose setting they change and take
+# clip and sogclr, whose runs that setting does not touch, from runs/pretrained (--reference-dir): their
+# results.md has the same paired intervals against both.
 #
 #   bash benchmarks/paper/pretrained_sweeps.sh               # all stages
 #   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper
@@ -36,14 +39,16 @@ stage_duplicates() {  # 20 % of the training pictures get 1-2 partners carrying 
 stage_isogclr() {   # iSogCLR's per-sample tau tables at the same rho
     sweep runs/pretrained clip sogclr tempnet dataset-oracle-level isogclr
 }
+# sogclr ignores rho (its tau is fixed; SogCLRLoss sets rho = 0): the rho3 sweep's sogclr is runs/pretrained's.
 stage_rho3() {      # a smaller rho: log(255) - 2.5, the margin of the from-scratch sections
-    sweep runs/pretrained-rho3 tempnet dataset-oracle-level -- loss.rho=3.04
+    sweep runs/pretrained-rho3 tempnet dataset-oracle-level -- --reference-dir runs/pretrained loss.rho=3.04
 }
 stage_lr10() {      # the paper's TempNet learning rate x 10
-    sweep runs/pretrained-tempnet-lr3e-4 tempnet -- tempnet.lr=3.0e-4
+    sweep runs/pretrained-tempnet-lr3e-4 tempnet -- --reference-dir runs/pretrained tempnet.lr=3.0e-4
 }
 stage_tau_paper() { # the paper's tau range [0.005, 0.05], which excludes the ~0.066 the clip loss settles at
-    sweep runs/pretrained-tau-paper tempnet -- temperature.min=0.005 temperature.max=0.05
+    sweep runs/pretrained-tau-paper tempnet -- --reference-dir runs/pretrained \
+        temperature.min=0.005 temperature.max=0.05
 }
 
 stages=("$@")

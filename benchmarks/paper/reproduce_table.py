@@ -24,6 +24,12 @@ made only when missing), whose per-query ranks give paired intervals: for each m
 bootstrap 95 % interval over the queries, seed s of the method paired with seed s of the reference
 and the seeds pooled (``clipdro.eval.compare``, docs/evaluation.md "Comparing two models").
 
+A sweep that changes one setting of the methods it trains (``loss.rho=3.04``, ``tempnet.lr=...``) is
+compared against the unchanged baselines of an earlier sweep with ``--reference-dir DIR`` (that
+sweep's ``results.json``): its ``--reference-methods`` (default clip and sogclr) are taken from
+there, seed for seed, without training, and enter every table and interval as if trained here. The
+two sweeps must share the base config and the evaluation sets (checked).
+
 Runs are done seed by seed (all methods of seed 0 first), so a partial sweep is balanced. A run
 whose folder already holds a finished run of exactly the same resolved config is reused, not
 retrained: rerunning the command after an interruption continues the sweep (``--fresh`` retrains).
@@ -127,13 +133,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     parser.add_argument("--baseline", default="clip", choices=list(METHODS),
                         help="the method every other one is compared with seed by seed in results.md")
+    parser.add_argument("--reference-dir", type=Path,
+                        help="an earlier sweep's output folder: its --reference-methods runs are compared, not "
+                             "trained (same base config and evaluation sets; the overrides may differ)")
+    parser.add_argument("--reference-methods", nargs="+", default=["clip", "sogclr"], choices=list(METHODS),
+                        help="the methods taken from --reference-dir (default clip sogclr)")
     parser.add_argument("--config", type=Path, default=BASE_CONFIG,
                         help="base config of every run (default benchmarks/paper/configs/reproduce.yaml); "
                              "a relative path not found from here is looked up from the repository root")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before and after --options
     args.config = resolve_config(args.config)
     if not args.config.is_file():
         parser.error(f"--config: no such file: {args.config}")
+    if args.reference_dir is not None:
+        args.reference_dir = resolve_config(args.reference_dir)
+        if both := sorted(set(args.reference_methods) & set(args.methods)):
+            parser.error(f"{', '.join(both)}: in --methods and in --reference-methods; a method is trained "
+                         "here or taken from --reference-dir, not both")
     return args
 
 
@@ -308,6 +324,32 @@ def global_tau(run_dir: Path) -> float:
     return [record for record in records if "image_tau_mean" in record][-1]["image_tau_mean"]
 
 
+def reference_runs(reference_dir: Path, methods: list[str], seeds: list[int], settings: dict) -> list[dict]:
+    """The runs of ``methods`` x ``seeds`` from the sweep in ``reference_dir`` (its results.json), named by
+    their folder and with absolute evaluation-file paths; exits with one line when the sweep is missing,
+    lacks one of them, or was made with another base config or other evaluation sets."""
+    path = reference_dir / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--reference-dir: no results.json in {reference_dir} (run that sweep first)")
+    reference = json.loads(path.read_text())
+    for key in ("base_config", "eval_sets"):
+        if reference["settings"][key] != settings[key]:
+            raise SystemExit(f"--reference-dir: {path} has {key} {reference['settings'][key]}, this sweep "
+                             f"{settings[key]}: its runs are not comparable")
+    by_key = {(run["method"], run["seed"]): run for run in reference["runs"]}
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            if (method, seed) not in by_key or not by_key[(method, seed)].get("eval_files"):
+                raise SystemExit(f"--reference-dir: {path} has no evaluated {method} run of seed {seed}")
+            run = dict(by_key[(method, seed)])
+            run["name"] = display_path(reference_dir / run["name"])
+            run["train_seconds"] = None
+            run["eval_files"] = {task: str(reference_dir / file) for task, file in run["eval_files"].items()}
+            runs.append(run)
+    return runs
+
+
 # ------------------------------------------------------------------------------ summaries
 
 
@@ -470,7 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(TrainConfig, args.config, args.overrides)  # the methods' overrides leave eval alone
     sets = eval_sets(config)
-    runs = []
+    settings = {"base_config": display_path(args.config), "seeds": args.seeds, "baseline": args.baseline,
+                "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides,
+                "eval_sets": {task: display_path(folder) for task, (folder, _) in sets.items()}}
+    runs, methods = [], args.methods
+    if args.reference_dir is not None:  # the unchanged baselines of an earlier sweep, not retrained
+        runs = reference_runs(args.reference_dir, args.reference_methods, args.seeds, settings)
+        methods = [*args.reference_methods, *args.methods]
+        settings["reference"] = {"dir": display_path(args.reference_dir), "methods": args.reference_methods}
     for seed in args.seeds:
         for method in args.methods:
             run_dir, seconds = train(method, seed, args)
@@ -488,15 +537,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run["global_tau"] = global_tau(run_dir)
             runs.append(run)
-    summary = summarise(runs, args.methods)
-    intervals = [entry for method, reference in interval_pairs(args.methods, args.baseline)
+    summary = summarise(runs, methods)
+    intervals = [entry for method, reference in interval_pairs(methods, args.baseline)
                  if (entry := paired_intervals(runs, method, reference, args.output_dir)) is not None]
-    table = markdown(runs, summary, args.methods, args.baseline, intervals)
+    table = markdown(runs, summary, methods, args.baseline, intervals)
     figure = args.figure or args.output_dir / "reproduce_table.png"
-    plot(runs, summary, args.methods, figure, config.model.name)
-    settings = {"base_config": display_path(args.config), "seeds": args.seeds, "baseline": args.baseline,
-                "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides,
-                "eval_sets": {task: display_path(folder) for task, (folder, _) in sets.items()}}
+    plot(runs, summary, methods, figure, config.model.name)
     hardware = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                 "python": platform.python_version()}
     (args.output_dir / "results.json").write_text(json.dumps(
