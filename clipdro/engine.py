@@ -243,6 +243,7 @@ class RunEngine:
         self._open_run_folder(job, step)
         stop_after = job.total_steps if self.run.stop_after is None else min(job.total_steps, self.run.stop_after)
         steps_per_epoch = len(job.batches)
+        batches = None
         try:
             metrics = self._evaluate(job, step) if job.evaluate_at_start and step == 0 else {}
             batches = iter(job.batches)
@@ -289,6 +290,10 @@ class RunEngine:
                 metrics = self._evaluate(job, step)
             return RunResult(step, metrics, preempted=False, completed=step == job.total_steps)
         finally:
+            # Close the epoch's iterator here: after an error the traceback would keep it, and with it
+            # the loader workers (ShardLoader), alive until the process exits, and that exit waits for them.
+            if hasattr(batches, "close"):
+                batches.close()
             self.logger.close()
 
     def _update(self, job: TrainingJob, output: StepOutput) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from clipdro import cli
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
+from clipdro.data.writer import ShardSample, write_shards
 from tests.launch import REPO_ROOT
 from tests.shard_factory import write_dense
 
@@ -202,3 +203,36 @@ def test_a_run_that_fails_its_start_up_checks_leaves_no_folder(shards, tmp_path,
     assert cli.main(["train", *overrides(shards, run_dir, "loss.rho=3.0")]) == 2  # rho >= log(B - 1)
     assert "rho=3.0" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+FAILING_RUN = """
+import sys
+from clipdro import cli, engine
+from clipdro.data.pipeline import ShardStream
+
+ShardStream.max_failures_in_a_row = 20  # the data error comes after 20 bad images, not 10,000
+if sys.argv[1] == "step":
+    def fail(self, job, output):
+        raise RuntimeError("injected failure in the training step")
+    engine.RunEngine._update = fail
+sys.exit(cli.main(["train", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.parametrize("where", ["data", "step"])
+def test_a_fatal_error_ends_the_process_with_its_loader_workers(shards, tmp_path, where):
+    # Loader workers ignore SIGTERM (they must outlive a preemption signal), so multiprocessing's exit
+    # handler cannot terminate them: unless the run stops them itself, the process waits for them forever.
+    if where == "data":
+        shards = tmp_path / "bad-images"
+        write_shards([ShardSample(image=b"not an image", image_ext="jpg", caption=f"picture {index}",
+                                  metadata={}) for index in range(48)], shards, samples_per_shard=12)
+    process = start([sys.executable, "-c", FAILING_RUN, where, *overrides(shards, tmp_path / "run")])
+    try:
+        status, output = finish(process, timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the process did not exit after its error")
+    assert status != 0
+    expected = "in a row were unusable" if where == "data" else "injected failure in the training step"
+    assert expected in output

@@ -433,6 +433,20 @@ def _ignore_preemption_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def _stop_workers(worker_batches: Iterator) -> None:
+    """Stop the loader workers of ``worker_batches`` now, not when it is garbage-collected.
+
+    The workers ignore SIGTERM (:func:`_ignore_preemption_signals`), so the terminate() that
+    multiprocessing's exit handler sends them cannot end them. When an error (in a worker or in
+    the training step) ends an epoch early, the traceback keeps this iterator alive past that
+    handler, which would then wait for the workers forever: the process would hang instead of
+    exiting with the error. torch's own shutdown (idempotent; used when an epoch ends) stops them.
+    """
+    shutdown = getattr(worker_batches, "_shutdown_workers", None)  # absent with num_workers=0
+    if shutdown is not None:
+        shutdown()
+
+
 class ShardLoader(DataLoader):
     """A torch DataLoader over a :class:`ShardStream` that yields :class:`TrainBatch` es.
 
@@ -456,13 +470,17 @@ class ShardLoader(DataLoader):
         # Workers start inside super().__iter__() and copy the stream with this position.
         stream.epoch, stream.batches_done = self.epoch, self.batches_done
         waiting: dict[int, TrainBatch] = {}
-        for images, tokens, ids, index, counts in super().__iter__():
-            self.counts.update(counts)
-            waiting[index] = TrainBatch(images, tokens, ids)
-            while self.batches_done in waiting:
-                batch = waiting.pop(self.batches_done)
-                self.batches_done += 1
-                yield batch
+        worker_batches = super().__iter__()
+        try:
+            for images, tokens, ids, index, counts in worker_batches:
+                self.counts.update(counts)
+                waiting[index] = TrainBatch(images, tokens, ids)
+                while self.batches_done in waiting:
+                    batch = waiting.pop(self.batches_done)
+                    self.batches_done += 1
+                    yield batch
+        finally:
+            _stop_workers(worker_batches)
         assert not waiting, "a loader worker ended before its share of the epoch"
         self.epoch += 1
         self.batches_done = 0
