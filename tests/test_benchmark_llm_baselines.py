@@ -50,3 +50,15 @@ def test_three_modes_table_and_reuse(tmp_path, capsys):
     assert llm_baselines.main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("reusing the finished run") == 3 and "llm train" not in printed
+
+    # A run interrupted after its last checkpoint (here: its final evaluation record lost) continues from that
+    # checkpoint instead of training again from scratch.
+    metrics = output / "joint-seed1" / "metrics.jsonl"
+    records = metrics.read_text().splitlines()
+    last_eval = max(index for index, line in enumerate(records) if '"eval"' in line)
+    metrics.write_text("".join(line + "\n" for index, line in enumerate(records) if index != last_eval))
+    assert llm_baselines.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing the finished run") == 2 and printed.count("--resume latest") == 1
+    assert "[joint seed 1]" in printed and "--overwrite" not in printed
+    assert metrics.read_text().count('"eval"') == "".join(records).count('"eval"')  # evaluated again at its end

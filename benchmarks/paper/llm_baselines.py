@@ -26,10 +26,11 @@ document draws for every seed's pair, seeds pooled) are
 * joint at its best constant tau - plain at its best constant tau (is the jointly trained LM better at all);
 * joint with TempNet - joint at its best constant tau (what the per-token spread adds).
 
-A run whose folder holds a finished run of the same resolved config is reused (rerunning continues an
-interrupted sweep). Outputs in ``--output-dir`` (default runs/llm-baselines): the runs, ``results.json``
-and ``results.md`` (the table: mean over seeds and each seed, then the paired differences in perplexity
-points with their intervals). Extra ``key=value`` arguments override the config of every run.
+A run whose folder holds a finished run of the same resolved config is reused, and an unfinished one
+continues from its last checkpoint (rerunning continues an interrupted sweep; its train_seconds then
+count only the continuation). Outputs in ``--output-dir`` (default runs/llm-baselines): the runs,
+``results.json`` and ``results.md`` (the table: mean over seeds and each seed, then the paired
+differences in perplexity points with their intervals). Extra ``key=value`` arguments override the config of every run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+from clipdro.checkpoint import list_checkpoints
 from clipdro.config import load_config, to_dict
 from clipdro.errors import UsageError
 from clipdro.llm.config import LLMTrainConfig
@@ -120,12 +122,16 @@ def run_overrides(mode: str, seed: int, args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def same_config(run_dir: Path, expected: dict) -> bool:
+    """Whether ``run_dir`` holds a run of exactly this resolved config (finished or not)."""
+    saved = run_dir / "config.yaml"
+    return saved.is_file() and to_dict(load_config(LLMTrainConfig, saved, [])) == expected
+
+
 def finished_with(run_dir: Path, expected: dict) -> bool:
     """Whether ``run_dir`` holds a run of exactly this resolved config that trained to its last step."""
-    saved, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
-    if not saved.is_file() or not metrics.is_file():
-        return False
-    if to_dict(load_config(LLMTrainConfig, saved, [])) != expected:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file() or not same_config(run_dir, expected):
         return False
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     evaluated = [record["step"] for record in records if "eval" in record]
@@ -143,8 +149,11 @@ def train_and_evaluate(mode: str, seed: int, args: argparse.Namespace) -> dict:
     if finished_with(run_dir, expected):
         print(f"[{mode} seed {seed}] reusing the finished run in {run_dir}", flush=True)
     else:
+        # An interrupted run of this config continues from its last checkpoint (resume is exact); anything
+        # else in the folder is replaced.
+        resume = same_config(run_dir, expected) and bool(list_checkpoints(run_dir))
         command = [sys.executable, "-m", "clipdro.cli", "llm", "train", "--config", str(args.config), *overrides,
-                   "--overwrite"]
+                   *(["--resume", "latest"] if resume else ["--overwrite"])]
         print(f"[{mode} seed {seed}] {' '.join(command)}", flush=True)
         started = time.monotonic()
         with console.open("w") as log:
