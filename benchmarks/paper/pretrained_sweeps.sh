@@ -3,12 +3,12 @@
 # order they were run. Each reproduce_table call reuses the finished runs of its output folder, so
 # rerunning this script after an interruption continues where it stopped. About 8-10 min per run on
 # 2 CPU cores; the whole script is about 40 runs. Run one stage with:  bash THIS_FILE STAGE
-# The variant sweeps (rho3, lr10, tau-paper) train only the methods whose setting they change and take
+# The variant sweeps (rho3, lr10, tau-paper, cold) train only the methods whose setting they change and take
 # clip and sogclr, whose runs that setting does not touch, from runs/pretrained (--reference-dir): their
 # results.md has the same paired intervals against both.
 #
 #   bash benchmarks/paper/pretrained_sweeps.sh               # all stages
-#   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper
+#   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper cold
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -50,9 +50,13 @@ stage_tau_paper() { # the paper's tau range [0.005, 0.05], which excludes the ~0
     sweep runs/pretrained-tau-paper tempnet -- --reference-dir runs/pretrained \
         temperature.min=0.005 temperature.max=0.05
 }
+stage_cold() {      # sogclr at iSogCLR's end point, one fixed tau = 0.01: tells "cold" from "per-sample"
+    sweep runs/pretrained-sogclr-cold sogclr -- temperature.init=0.01 \
+        --reference-dir runs/pretrained --reference-methods clip isogclr  # last: --reference-methods takes a list
+}
 
 stages=("$@")
-[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper)
+[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold)
 for stage in "${stages[@]}"; do
     echo "=== stage $stage: $(date -u +%FT%TZ)"
     "stage_${stage//-/_}"
