@@ -41,7 +41,7 @@ stage_isogclr() {   # iSogCLR's per-sample tau tables at the same rho
 }
 # sogclr ignores rho (its tau is fixed; SogCLRLoss sets rho = 0): the rho3 sweep's sogclr is runs/pretrained's.
 stage_rho3() {      # a smaller rho: log(255) - 2.5, the margin of the from-scratch sections
-    sweep runs/pretrained-rho3 tempnet dataset-oracle-level -- --reference-dir runs/pretrained loss.rho=3.04
+    sweep runs/pretrained-rho3 tempnet dataset-oracle-level isogclr -- --reference-dir runs/pretrained loss.rho=3.04
 }
 stage_lr10() {      # the paper's TempNet learning rate x 10
     sweep runs/pretrained-tempnet-lr3e-4 tempnet -- --reference-dir runs/pretrained tempnet.lr=3.0e-4
