@@ -33,7 +33,7 @@ stage_oracle() {    # + each sample's tau* against the whole training set, per e
 stage_duplicates() {  # 20 % of the training pictures get 1-2 partners carrying their exact caption
     [[ -f runs/duplicate-captions/train/manifest.json ]] ||
         "$PYTHON" -m benchmarks.paper.duplicate_captions --fraction 0.2 --output runs/duplicate-captions/train
-    sweep runs/pretrained-duplicates clip sogclr tempnet -- \
+    sweep runs/pretrained-duplicates clip sogclr tempnet dataset-oracle-level isogclr -- \
         'data.sources=[{shards: runs/duplicate-captions/train}]'
 }
 stage_isogclr() {   # iSogCLR's per-sample tau tables at the same rho
