@@ -35,6 +35,10 @@ stage_duplicates() {  # 20 % of the training pictures get 1-2 partners carrying 
         "$PYTHON" -m benchmarks.paper.duplicate_captions --fraction 0.2 --output runs/duplicate-captions/train
     sweep runs/pretrained-duplicates clip sogclr tempnet dataset-oracle-level isogclr -- \
         'data.sources=[{shards: runs/duplicate-captions/train}]'
+    # which temperatures the oracle gave the duplicated captions
+    "$PYTHON" -m benchmarks.paper.duplicate_taus --shards runs/duplicate-captions/train \
+        --output runs/pretrained-duplicates/oracle_taus_by_caption.md \
+        "${SEEDS[@]/#/runs/pretrained-duplicates/dataset-oracle-level-seed}"
 }
 stage_isogclr() {   # iSogCLR's per-sample tau tables at the same rho
     sweep runs/pretrained clip sogclr tempnet dataset-oracle-level isogclr
