@@ -3,6 +3,9 @@ table, the paired comparisons, and the reuse of finished runs (6 subprocesses: a
 
 import json
 
+import pytest
+import yaml
+
 from benchmarks.paper import llm_baselines
 from tests.llm_factory import SEQ_LEN, TINY_GPT2
 
@@ -62,3 +65,27 @@ def test_three_modes_table_and_reuse(tmp_path, capsys):
     assert printed.count("reusing the finished run") == 2 and printed.count("--resume latest") == 1
     assert "[joint seed 1]" in printed and "--overwrite" not in printed
     assert metrics.read_text().count('"eval"') == "".join(records).count('"eval"')  # evaluated again at its end
+
+    # --select-rho: a frozen TempNet per candidate on plain-seed1, evaluated on the valid split; the rho with
+    # the lowest valid perplexity drives the joint and frozen runs (trained again), the plain run is reused.
+    assert llm_baselines.main(argv + ["--select-rho", "1.0", "2.0"]) == 0
+    printed = capsys.readouterr().out
+    selection = json.loads((output / "rho_selection.json").read_text())
+    assert [candidate["rho"] for candidate in selection["candidates"]] == [1.0, 2.0]
+    best = min(selection["candidates"], key=lambda candidate: candidate["valid"]["perplexity_tempnet"])
+    assert selection["rho"] == best["rho"] and "(chosen)" in (output / "rho_selection.md").read_text()
+    assert all(candidate["valid"]["tokens"] == plain["constant_tau_validation_tokens"]
+               for candidate in selection["candidates"])  # evaluated on valid, not test
+    assert printed.count("[plain seed 1] reusing the finished run") == 2  # the selection's and the sweep's
+    assert "[select-rho1 seed 1]" in printed and "[joint seed 1]" in printed and "[frozen seed 1]" in printed
+
+    def rho_of(name):
+        return yaml.safe_load((output / name / "config.yaml").read_text())["loss"]["rho"]
+
+    assert rho_of("joint-seed1") == rho_of("frozen-seed1") == selection["rho"]
+    assert rho_of("select-rho2-seed1") == 2.0
+    results = json.loads((output / "results.json").read_text())
+    assert results["settings"]["rho"] == selection["rho"]
+    assert "chosen on the valid split" in (output / "results.md").read_text()
+    with pytest.raises(SystemExit):
+        llm_baselines.main(argv + ["--rho", "1.0", "--select-rho", "1.0"])

@@ -2,6 +2,7 @@
 
     python -m data_tools.build_llm_corpus                      # once: the corpus (Debian python3.11-doc, 11 MB)
     python -m benchmarks.paper.llm_baselines --seeds 0 1 2     # 3 x (plain, joint, frozen) runs + evaluation
+    python -m benchmarks.paper.llm_baselines --seeds 0 1 2 --select-rho 3.5 4.0 4.5 5.0   # rho chosen on valid
     python -m benchmarks.paper.llm_baselines --seeds 0 steps=20 --frozen-steps 10 --output-dir runs/llm-quick
 
 For each seed s, three runs of ``--config`` (default configs/llm_corpus.yaml) on the corpus's train split,
@@ -13,6 +14,13 @@ see the same batches):
 * ``joint-seed{s}``: LM + TempNet under the token DRO loss (``mode=joint``), the paper's GPT-2 setting;
 * ``frozen-seed{s}``: a fresh TempNet on the frozen plain LM of the same seed (``mode=frozen``,
   ``--frozen-steps`` steps): the paper's frozen-LM setting on our baseline.
+
+The joint and frozen runs use ``--rho`` (default: the config's ``loss.rho``); the plain runs ignore rho,
+so they are reused when only rho changes. ``--select-rho R1 R2 ...`` chooses it on the valid split
+first: for each candidate a frozen TempNet (``--frozen-steps``) on the first seed's plain LM,
+``select-rho{R}-seed{s}``, evaluated on the valid split; the rho with the lowest valid perplexity with
+TempNet is used for every joint and frozen run (``rho_selection.md``). The test split is never used
+to choose rho or tau.
 
 Each run is then evaluated by ``clipdro llm eval --run RUN --output RUN/eval_test.json``: the corpus's test
 split, with the LM's best constant tau chosen on the valid split (never on test), each perplexity with a
@@ -95,11 +103,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder with train/valid/test.jsonl (default: data_tools.build_llm_corpus's output, "
                              f"$CLIPDRO_CACHE/llm-corpus/{CORPUS_NAME})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--frozen-steps", type=int, default=300, help="steps of the frozen-LM TempNet runs")
+    parser.add_argument("--frozen-steps", type=int, default=1000,
+                        help="steps of the frozen-LM TempNet runs (0.29 s a step here: about 5 minutes)")
     parser.add_argument("--frozen-tempnet-lr", type=float, default=1e-3, help="its TempNet learning rate")
+    parser.add_argument("--rho", type=float, default=None,
+                        help="rho of the joint and frozen runs (default: the config's loss.rho)")
+    parser.add_argument("--select-rho", nargs="+", type=float, default=None, metavar="RHO",
+                        help="choose rho among these on the valid split (frozen TempNets on the first seed's "
+                             "plain LM) and use it for the joint and frozen runs")
     parser.add_argument("--bootstrap", type=int, default=10_000)
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "runs" / "llm-baselines")
     args = parser.parse_args(argv)
+    if args.rho is not None and args.select_rho:
+        parser.error("give --rho or --select-rho, not both")
     args.corpus = (args.corpus or default_corpus()).resolve()
     missing = [name for name in ("train.jsonl", "valid.jsonl", "test.jsonl") if not (args.corpus / name).is_file()]
     if missing:
@@ -108,13 +124,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_overrides(mode: str, seed: int, args: argparse.Namespace) -> list[str]:
-    """Every override of one run (the data splits, the mode, the seeds, the folder, then the user's)."""
+def run_overrides(mode: str, seed: int, args: argparse.Namespace, rho: float | None = None,
+                  name: str | None = None, eval_split: str = "test") -> list[str]:
+    """Every override of one run (the data splits, the mode, the seeds, the folder, rho, then the user's).
+    ``rho`` (joint and frozen only: a plain run has none) defaults to the config's."""
     corpus = args.corpus
-    overrides = [f"data.train=[{corpus / 'train.jsonl'}]", f"data.eval=[{corpus / 'test.jsonl'}]",
+    overrides = [f"data.train=[{corpus / 'train.jsonl'}]", f"data.eval=[{corpus / f'{eval_split}.jsonl'}]",
                  f"data.validation=[{corpus / 'valid.jsonl'}]", f"mode={mode}", f"run.seed={seed}",
-                 f"data.seed={seed}", f"run.output_dir={args.output_dir}", f"run.name={mode}-seed{seed}",
-                 *args.overrides]
+                 f"data.seed={seed}", f"run.output_dir={args.output_dir}",
+                 f"run.name={name or f'{mode}-seed{seed}'}",
+                 *([f"loss.rho={rho}"] if rho is not None and mode != "plain" else []), *args.overrides]
     if mode == "frozen":  # the plain run's exported LM, frozen; a fresh TempNet
         overrides += [f"model.name_or_path={args.output_dir / f'plain-seed{seed}' / EXPORTED_MODEL_DIR}",
                       "model.architecture=null", "model.tokenizer=null", f"steps={args.frozen_steps}",
@@ -138,29 +157,72 @@ def finished_with(run_dir: Path, expected: dict) -> bool:
     return bool(evaluated) and expected["steps"] is not None and evaluated[-1] == expected["steps"]
 
 
-def train_and_evaluate(mode: str, seed: int, args: argparse.Namespace) -> dict:
-    overrides = run_overrides(mode, seed, args)
+def train(name: str, overrides: list[str], args: argparse.Namespace) -> float | None:
+    """Train run ``name`` (``args.output_dir / name``) unless a finished run of this config is there;
+    the training wall seconds, or None when the finished run was reused."""
     expected = to_dict(load_config(LLMTrainConfig, args.config, overrides))
     if expected["steps"] is None:
         raise UsageError("llm_baselines sizes runs in steps: set steps in the config or as an override")
-    run_dir = args.output_dir / f"{mode}-seed{seed}"
-    console = args.output_dir / f"{mode}-seed{seed}.console.txt"
-    wall = None
+    run_dir = args.output_dir / name
+    label = f"[{name.rsplit('-seed', 1)[0]} seed {name.rsplit('-seed', 1)[1]}]"
     if finished_with(run_dir, expected):
-        print(f"[{mode} seed {seed}] reusing the finished run in {run_dir}", flush=True)
-    else:
-        # An interrupted run of this config continues from its last checkpoint (resume is exact); anything
-        # else in the folder is replaced.
-        resume = same_config(run_dir, expected) and bool(list_checkpoints(run_dir))
-        command = [sys.executable, "-m", "clipdro.cli", "llm", "train", "--config", str(args.config), *overrides,
-                   *(["--resume", "latest"] if resume else ["--overwrite"])]
-        print(f"[{mode} seed {seed}] {' '.join(command)}", flush=True)
-        started = time.monotonic()
-        with console.open("w") as log:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
-        if status != 0:
-            raise SystemExit(f"[{mode} seed {seed}] training failed ({status}); see {console}")
-        wall = time.monotonic() - started
+        print(f"{label} reusing the finished run in {run_dir}", flush=True)
+        return None
+    # An interrupted run of this config continues from its last checkpoint (resume is exact); anything
+    # else in the folder is replaced.
+    resume = same_config(run_dir, expected) and bool(list_checkpoints(run_dir))
+    command = [sys.executable, "-m", "clipdro.cli", "llm", "train", "--config", str(args.config), *overrides,
+               *(["--resume", "latest"] if resume else ["--overwrite"])]
+    print(f"{label} {' '.join(command)}", flush=True)
+    console = args.output_dir / f"{name}.console.txt"
+    started = time.monotonic()
+    with console.open("w") as log:
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode
+    if status != 0:
+        raise SystemExit(f"{label} training failed ({status}); see {console}")
+    return time.monotonic() - started
+
+
+def final_eval(run_dir: Path) -> dict:
+    """The last evaluation record of a finished run's metrics.jsonl (its held-out metrics at the end)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [record for record in records if "eval" in record][-1]["eval"]
+
+
+def select_rho(args: argparse.Namespace) -> dict:
+    """Frozen TempNets at each ``--select-rho`` candidate on the first seed's plain LM, evaluated on the
+    valid split: {"seed", "candidates": [{"rho", "run", "valid": {...}}], "rho": the one with the lowest
+    valid perplexity with TempNet}. Writes rho_selection.json and rho_selection.md."""
+    seed = args.seeds[0]
+    train(f"plain-seed{seed}", run_overrides("plain", seed, args), args)
+    candidates = []
+    for rho in args.select_rho:
+        name = f"select-rho{rho:g}-seed{seed}"
+        train(name, run_overrides("frozen", seed, args, rho=rho, name=name, eval_split="valid"), args)
+        candidates.append({"rho": rho, "run": name, "valid": final_eval(args.output_dir / name)})
+    chosen = min(candidates, key=lambda candidate: candidate["valid"]["perplexity_tempnet"])
+    selection = {"seed": seed, "candidates": candidates, "rho": chosen["rho"]}
+    (args.output_dir / "rho_selection.json").write_text(json.dumps(selection, indent=1) + "\n")
+    lines = [f"# rho for the joint and frozen runs, chosen on the valid split (seed {seed})", "",
+             f"A frozen TempNet ({args.frozen_steps} steps, lr {args.frozen_tempnet_lr:g}) on plain-seed{seed} per "
+             "candidate; valid-split figures at its last step. Chosen: the lowest perplexity with TempNet.", "",
+             "| rho | perplexity with TempNet | LM alone (tau = 1) | mean tau | DRO objective |",
+             "|---:|---:|---:|---:|---:|"]
+    for candidate in candidates:
+        valid = candidate["valid"]
+        mark = " (chosen)" if candidate is chosen else ""
+        lines.append(f"| {candidate['rho']:g}{mark} | {valid['perplexity_tempnet']:.3f} | "
+                     f"{valid['perplexity']:.3f} | {valid['tau_mean']:.3f} | {valid['dro_objective']:.4f} |")
+    text = "\n".join(lines) + "\n"
+    (args.output_dir / "rho_selection.md").write_text(text)
+    print(text, flush=True)
+    return selection
+
+
+def train_and_evaluate(mode: str, seed: int, args: argparse.Namespace, rho: float | None) -> dict:
+    overrides = run_overrides(mode, seed, args, rho=rho)
+    wall = train(f"{mode}-seed{seed}", overrides, args)
+    run_dir = args.output_dir / f"{mode}-seed{seed}"
     eval_file = run_dir / EVAL_FILE
     if not eval_file.is_file() or wall is not None:
         command = [sys.executable, "-m", "clipdro.cli", "llm", "eval", "--run", str(run_dir), "--bootstrap",
@@ -215,6 +277,8 @@ def markdown(summary: list[dict], paired: list[dict], runs: list[dict], args: ar
     lines = [f"# LLM baselines ({len(args.seeds)} seeds: {seeds})", "",
              f"- config: `{settings['config']}` + `{' '.join(args.overrides) or 'no overrides'}`; corpus "
              f"`{args.corpus.name}`; frozen TempNet: {args.frozen_steps} steps at lr {args.frozen_tempnet_lr:g}",
+             f"- rho of the joint and frozen runs: {settings['rho']:g}"
+             + (" (chosen on the valid split: rho_selection.md)" if settings["rho_selection"] else ""),
              f"- machine: {settings['hardware']}", "",
              "Test-split perplexity (per token of the run's tokenizer); per seed with its 95 % bootstrap interval "
              "over test documents; tau: the best constant tau (valid split) or the mean TempNet tau.", "",
@@ -252,12 +316,16 @@ def markdown(summary: list[dict], paired: list[dict], runs: list[dict], args: ar
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    selection = select_rho(args) if args.select_rho else None
+    rho = selection["rho"] if selection else args.rho
     runs = []
     for seed in args.seeds:
         for mode in MODES:  # frozen needs its seed's plain LM first
-            runs.append(train_and_evaluate(mode, seed, args))
+            runs.append(train_and_evaluate(mode, seed, args, rho))
+    joint_config = load_config(LLMTrainConfig, args.config, run_overrides("joint", args.seeds[0], args, rho=rho))
     settings = {"config": str(args.config), "overrides": args.overrides, "corpus": str(args.corpus),
                 "seeds": args.seeds, "frozen_steps": args.frozen_steps, "frozen_tempnet_lr": args.frozen_tempnet_lr,
+                "rho": joint_config.loss.rho, "rho_selection": selection,
                 "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                             f"Python {platform.python_version()}"}
     summary, paired = summary_rows(runs, args.seeds), paired_rows(args)
