@@ -15,8 +15,8 @@ see the same batches):
 * ``frozen-seed{s}``: a fresh TempNet on the frozen plain LM of the same seed (``mode=frozen``,
   ``--frozen-steps`` steps): the paper's frozen-LM setting on our baseline.
 
-The joint and frozen runs use ``--rho`` (default: the config's ``loss.rho``); the plain runs ignore rho,
-so they are reused when only rho changes. ``--select-rho R1 R2 ...`` chooses it on the valid split
+The joint and frozen runs use ``--rho`` (default: the config's ``loss.rho``); the plain runs have no
+rho and keep the config's, so changing ``--rho`` reuses them. ``--select-rho R1 R2 ...`` chooses it on the valid split
 first: for each candidate a frozen TempNet (``--frozen-steps``) on the first seed's plain LM,
 ``select-rho{R}-seed{s}``, evaluated on the valid split; the rho with the lowest valid perplexity with
 TempNet is used for every joint and frozen run (``rho_selection.md``). The test split is never used
@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"$CLIPDRO_CACHE/llm-corpus/{CORPUS_NAME})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--frozen-steps", type=int, default=1000,
-                        help="steps of the frozen-LM TempNet runs (0.29 s a step here: about 5 minutes)")
+                        help="steps of the frozen-LM TempNet runs (0.22-0.29 s a step here: about 4-5 minutes)")
     parser.add_argument("--frozen-tempnet-lr", type=float, default=1e-3, help="its TempNet learning rate")
     parser.add_argument("--rho", type=float, default=None,
                         help="rho of the joint and frozen runs (default: the config's loss.rho)")
