@@ -147,14 +147,20 @@ def same_config(run_dir: Path, expected: dict) -> bool:
     return saved.is_file() and to_dict(load_config(LLMTrainConfig, saved, [])) == expected
 
 
+def eval_records(run_dir: Path) -> list[dict]:
+    """The evaluation records of a run's metrics.jsonl, in step order (none without the file)."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return []
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [record for record in records if "eval" in record]
+
+
 def finished_with(run_dir: Path, expected: dict) -> bool:
     """Whether ``run_dir`` holds a run of exactly this resolved config that trained to its last step."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file() or not same_config(run_dir, expected):
-        return False
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    evaluated = [record["step"] for record in records if "eval" in record]
-    return bool(evaluated) and expected["steps"] is not None and evaluated[-1] == expected["steps"]
+    evaluated = eval_records(run_dir)
+    return (bool(evaluated) and same_config(run_dir, expected) and expected["steps"] is not None
+            and evaluated[-1]["step"] == expected["steps"])
 
 
 def train(name: str, overrides: list[str], args: argparse.Namespace) -> float | None:
@@ -183,12 +189,6 @@ def train(name: str, overrides: list[str], args: argparse.Namespace) -> float | 
     return time.monotonic() - started
 
 
-def final_eval(run_dir: Path) -> dict:
-    """The last evaluation record of a finished run's metrics.jsonl (its held-out metrics at the end)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [record for record in records if "eval" in record][-1]["eval"]
-
-
 def select_rho(args: argparse.Namespace) -> dict:
     """Frozen TempNets at each ``--select-rho`` candidate on the first seed's plain LM, evaluated on the
     valid split: {"seed", "candidates": [{"rho", "run", "valid": {...}}], "rho": the one with the lowest
@@ -199,7 +199,7 @@ def select_rho(args: argparse.Namespace) -> dict:
     for rho in args.select_rho:
         name = f"select-rho{rho:g}-seed{seed}"
         train(name, run_overrides("frozen", seed, args, rho=rho, name=name, eval_split="valid"), args)
-        candidates.append({"rho": rho, "run": name, "valid": final_eval(args.output_dir / name)})
+        candidates.append({"rho": rho, "run": name, "valid": eval_records(args.output_dir / name)[-1]["eval"]})
     chosen = min(candidates, key=lambda candidate: candidate["valid"]["perplexity_tempnet"])
     selection = {"seed": seed, "candidates": candidates, "rho": chosen["rho"]}
     (args.output_dir / "rho_selection.json").write_text(json.dumps(selection, indent=1) + "\n")
