@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def write_report(table: pd.DataFrame, analysis: TauAnalysis, output: Path, title
     for axis, feature in zip(figure.subplots(1, len(FEATURES)), FEATURES, strict=True):
         bins = analysis.bins[feature]
         axis.plot(bins["x_mean"], bins["mean_tau"], marker="o")
-        axis.set(xlabel=FEATURES[feature], ylabel="mean tau in the bin",
+        axis.set(xlabel=textwrap.fill(FEATURES[feature], 40), ylabel="mean tau in the bin",
                  title=f"Spearman {analysis.spearman[feature]:.3f}")
         axis.xaxis.label.set_size(7)
     figure.suptitle(title, fontsize=9)
