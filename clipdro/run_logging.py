@@ -19,10 +19,16 @@ import torch
 log = logging.getLogger("clipdro.run_logging")
 
 
+TAU_QUANTILES = (5, 50, 95)  # logged as PREFIX_p5 / _p50 / _p95: where the batch's temperatures lie, and their spread
+
+
 def tau_summary(prefix: str, tau: torch.Tensor) -> dict[str, float]:
-    tau = tau.float()
+    """Mean, min, max, std and the TAU_QUANTILES percentiles (linear interpolation) of a batch's temperatures."""
+    tau = tau.float().flatten()
+    quantiles = torch.quantile(tau, torch.tensor([q / 100 for q in TAU_QUANTILES], device=tau.device))
     return {f"{prefix}_mean": float(tau.mean()), f"{prefix}_min": float(tau.min()), f"{prefix}_max": float(tau.max()),
-            f"{prefix}_std": float(tau.std()) if tau.numel() > 1 else 0.0}
+            f"{prefix}_std": float(tau.std()) if tau.numel() > 1 else 0.0,
+            **{f"{prefix}_p{q}": float(value) for q, value in zip(TAU_QUANTILES, quantiles.tolist(), strict=True)}}
 
 
 def _format_value(value: Any) -> str:

@@ -8,7 +8,8 @@
 # results.md has the same paired intervals against both.
 #
 #   bash benchmarks/paper/pretrained_sweeps.sh               # all stages
-#   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper cold
+#   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper
+#                                                            # cold lr-select moving
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -59,8 +60,21 @@ stage_cold() {      # sogclr at iSogCLR's end point, one fixed tau = 0.01: tells
         --reference-dir runs/pretrained --reference-methods clip isogclr  # last: --reference-methods takes a list
 }
 
+# Issue 33: a TempNet whose temperatures move. Its learning rate is chosen on a validation split carved from the
+# training split (never the test split), among rates that make tau move; then clip, sogclr and tempnet at that
+# rate, 5 seeds, on the whole training split, evaluated on the test split with seed-aware intervals.
+stage_lr_select() {
+    "$PYTHON" -m benchmarks.paper.tempnet_lr_selection --output-dir runs/pretrained-lr-selection
+}
+stage_moving() {
+    local lr SEEDS=(0 1 2 3 4)  # sweep sees this function's SEEDS (bash scopes dynamically)
+    lr=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' \
+        runs/pretrained-lr-selection/selection.json)
+    sweep runs/pretrained-moving clip sogclr tempnet -- "tempnet.lr=$lr"
+}
+
 stages=("$@")
-[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold)
+[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold lr-select moving)
 for stage in "${stages[@]}"; do
     echo "=== stage $stage: $(date -u +%FT%TZ)"
     "stage_${stage//-/_}"

@@ -304,10 +304,10 @@ def training_taus_summary(path: Path) -> dict:
 
 
 def spread(values: list[float]) -> dict:
-    """mean, std, p5, p95 and p95/p5 of the finite values."""
+    """mean, std, p5, p50, p95 and p95/p5 of the finite values."""
     taus = sorted(value for value in values if math.isfinite(value))
-    p5, p95 = taus[int(0.05 * (len(taus) - 1))], taus[int(0.95 * (len(taus) - 1))]
-    return {"mean": statistics.fmean(taus), "std": statistics.pstdev(taus), "p5": p5, "p95": p95,
+    p5, p50, p95 = (taus[int(q * (len(taus) - 1))] for q in (0.05, 0.5, 0.95))
+    return {"mean": statistics.fmean(taus), "std": statistics.pstdev(taus), "p5": p5, "p50": p50, "p95": p95,
             "p95_over_p5": p95 / p5}
 
 
