@@ -1,5 +1,10 @@
 """Typed configuration: dataclasses with defaults, YAML files and dotted command-line overrides.
 
+The generic loader, and the two sections every trainer shares with :mod:`clipdro.engine`: ``run``
+(:class:`RunConfig`: folder, epochs, precision, checkpoints) and ``optim`` (:class:`OptimConfig`:
+AdamW and its warm-up cosine schedule). Each trainer declares its own schema from these and its own
+sections: the CLIP run's in :mod:`clipdro.train_config`, the LLM run's in :mod:`clipdro.llm.config`.
+
 ``load_config(TrainConfig, "configs/demo.yaml", ["optim.lr=1e-3", "loss.name=clip"])`` starts
 from the dataclass defaults, applies the YAML file, then the overrides (values parsed as YAML,
 so ``1e-3``, ``true``, ``null`` and ``[1, 2]`` work). Unknown keys and wrong types raise
@@ -16,7 +21,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from clipdro.data.config import PipelineConfig
 from clipdro.errors import UsageError
 
 T = TypeVar("T")
@@ -162,77 +166,7 @@ def save_config(config: Any, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The CLIP training run (`clipdro train`). Defaults follow the paper's CC3M setting
-# (method.md §5) where it has one; configs/*.yaml override what differs.
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    name: str = "clipdro-tiny-vit"  # an open_clip model name or a JSON config file
-    pretrained: str | None = None  # open_clip pretrained tag or checkpoint path (downloads need network)
-    pretrained_image: bool = False  # timm ImageNet weights for a timm vision trunk (the paper's RN50)
-    grad_checkpointing: bool = False
-    train_transform: typing.Literal["train", "eval"] = "train"  # "eval": no random augmentation in training
-    # Local tower weights (clipdro.towers; a path or pip:MODULE/PATH), overriding the model config's own:
-    image_weights: str | None = None  # a state-dict file for the timm image trunk
-    image_weights_key_map: typing.Literal["names", "in_order"] | None = None  # in_order: names differ, order not
-    text_weights: str | None = None  # a Hugging Face folder (or a .zip of one) for the text tower
-    # Tower locking as open_clip does it; the projections and TempNets always train.
-    lock_image: bool = False
-    lock_image_unlocked_groups: int = 0  # trailing layer groups of the image trunk left trainable
-    lock_image_freeze_bn_stats: bool = False  # also keep BatchNorm running statistics fixed in locked groups
-    lock_text: bool = False
-    lock_text_unlocked_layers: int = 0  # trailing encoder layers of the text tower left trainable
-    lock_text_freeze_layer_norm: bool = True
-
-    def validate(self) -> None:
-        if self.lock_image_unlocked_groups < 0 or self.lock_text_unlocked_layers < 0:
-            raise UsageError("model.lock_image_unlocked_groups and model.lock_text_unlocked_layers must be >= 0")
-
-
-@dataclasses.dataclass
-class TemperatureConfig:
-    min: float = 0.005  # tempnet: output range; isogclr: clamp range
-    max: float = 0.05
-    init: float = 0.01  # sogclr: the fixed tau; isogclr: every sample's initial tau; clip: initial 1/logit_scale
-
-    def validate(self) -> None:
-        if not 0 < self.min < self.max:
-            raise UsageError(f"temperature: need 0 < min < max, got min={self.min}, max={self.max}")
-
-
-@dataclasses.dataclass
-class TempNetConfig:
-    num_prototypes: int = 256
-    dropout: float = 0.5
-    lr: float = 3e-5  # Adam, no weight decay (reference)
-    lr_decay_per_epoch: float = 0.9  # lr * decay ** (epoch - start_epoch) (reference: start_epoch 0)
-    start_epoch: int = 0  # TempNet lr is 0 before this epoch: tau stays at TempNet's initial output
-    init_prototypes: bool = True  # from the other modality's first global batch (needs batch >= prototypes)
-
-    def validate(self) -> None:
-        if self.start_epoch < 0:
-            raise UsageError(f"tempnet.start_epoch must be >= 0, got {self.start_epoch}")
-
-
-@dataclasses.dataclass
-class LossConfig:
-    # tempnet, sogclr, isogclr, clip, or a loss registered with clipdro.losses.register_loss
-    name: str = "tempnet"
-    rho: float = 7.0  # must be < log(global batch - 1); checked at start-up
-    gamma: float = 0.8  # moving-average weight of the current batch
-    isogclr_beta: float = 0.5
-    isogclr_eta: float = 0.03
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # read by losses registered outside clipdro
-
-    def validate(self) -> None:
-        from clipdro.losses import loss_class  # torch, so only when a config is checked
-
-        known = loss_class(self.name).option_names  # an unknown name is a UsageError listing the registered ones
-        unknown = sorted(set(self.options) - set(known))
-        if unknown:
-            raise UsageError(f"loss.options.{unknown[0]}: the {self.name} loss reads "
-                             f"{', '.join(known) if known else 'no loss.options'}")
+# The sections the shared run engine reads (clipdro.engine).
 
 
 @dataclasses.dataclass
@@ -248,15 +182,6 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
-class EvalConfig:
-    retrieval: list[str] = dataclasses.field(default_factory=list)  # evaluation-set folders
-    zeroshot: list[str] = dataclasses.field(default_factory=list)
-    every_steps: int = 0  # 0: only at the end
-    batch_size: int = 256
-    recall_k: list[int] = dataclasses.field(default_factory=lambda: [1, 5, 10])
-
-
-@dataclasses.dataclass
 class RunConfig:
     output_dir: str = "runs"
     name: str | None = None  # run folder output_dir/name; default: a timestamp
@@ -269,15 +194,3 @@ class RunConfig:
     keep_last: int = 3
     max_nonfinite_steps: int = 5  # consecutive NaN/Inf losses before training stops
     stop_after: int | None = None  # end this invocation after this step (checkpoint written), as preemption would
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    data: PipelineConfig  # training shards, batch size per device, epoch length, workers, data seed
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    temperature: TemperatureConfig = dataclasses.field(default_factory=TemperatureConfig)
-    tempnet: TempNetConfig = dataclasses.field(default_factory=TempNetConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    run: RunConfig = dataclasses.field(default_factory=RunConfig)

@@ -59,14 +59,16 @@ log = logging.getLogger("clipdro.engine")
 
 # Files whose presence means a run folder already holds a run.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
-# Config keys that may differ when a run is resumed: where and how it runs and reports, not what
-# it trains (the schedule, model, data, loss and seeds must match the checkpoint's).
-RESUMABLE_CHANGES = ("run.output_dir", "run.name", "run.device", "run.log_every", "run.checkpoint_every",
-                     "run.keep_last", "run.max_nonfinite_steps", "run.stop_after", "data.num_workers", "eval.")
+# Keys of the run section that may differ when a run is resumed: where and how it runs and reports, not
+# what it trains (the schedule, model, data, loss and seeds must match the checkpoint's). Each trainer adds
+# the keys of its own sections that are alike (RunEngine's resumable_keys: e.g. the CLIP run's loader workers).
+RESUMABLE_RUN_KEYS = ("run.output_dir", "run.name", "run.device", "run.log_every", "run.checkpoint_every",
+                      "run.keep_last", "run.max_nonfinite_steps", "run.stop_after")
 
 
-def _resumable(key: str) -> bool:
-    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE_CHANGES)
+def _resumable(key: str, allowed_keys: tuple[str, ...]) -> bool:
+    """Whether ``key`` is one of ``allowed_keys``, or under one of them that ends with a dot (a whole section)."""
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in allowed_keys)
 
 
 def _differences(before: Any, after: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -206,12 +208,15 @@ class RunEngine:
     ``checkpoint_format`` names the payload layout, checked on resume; ``line_keys`` pick the
     values of the one-line log summary. ``resume`` is 'latest', a run folder or a checkpoint
     file; ``overwrite`` replaces an existing run in the run folder (see :meth:`_check_run_folder`).
+    ``resumable_keys`` are the trainer's own config keys (``section.key``, or ``section.`` for a whole
+    section) that a resumed run may change besides RESUMABLE_RUN_KEYS.
     """
 
     def __init__(self, run: RunConfig, config: Any, checkpoint_format: str, line_keys: list[str],
-                 resume: str | None = None, overwrite: bool = False):
+                 resume: str | None = None, overwrite: bool = False, resumable_keys: tuple[str, ...] = ()):
         self.run = run
         self.config = config
+        self.resumable_keys = RESUMABLE_RUN_KEYS + resumable_keys
         self.checkpoint_format = checkpoint_format
         self.line_keys = line_keys
         self.resume, self.overwrite = resume, overwrite
@@ -351,13 +356,13 @@ class RunEngine:
 
     def _check_resumed_config(self, path: Path, saved: dict) -> None:
         """Resuming must continue the same run: the checkpoint's config and this one may differ only
-        in keys that do not change what is trained (RESUMABLE_CHANGES)."""
+        in keys that do not change what is trained (``resumable_keys``)."""
         try:
             saved = to_dict(from_dict(type(self.config), saved))  # options added since then take defaults
         except UsageError as error:
             raise UsageError(f"{path}: its config no longer loads ({error})") from None
         changes = [f"{key} {before!r} -> {after!r}" for key, before, after in
-                   _differences(saved, to_dict(self.config)) if not _resumable(key)]
+                   _differences(saved, to_dict(self.config)) if not _resumable(key, self.resumable_keys)]
         if changes:
             raise UsageError(f"resuming {path} with a changed config ({'; '.join(changes[:3])}"
                              f"{f'; {len(changes) - 3} more' if len(changes) > 3 else ''}): resume with the "

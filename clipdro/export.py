@@ -26,7 +26,7 @@ from pathlib import Path
 from clipdro.checkpoint import save_atomic
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.model_configs import shipped_model_names
-from clipdro.models import TrainedRun, load_trained_run
+from clipdro.trained_run import TrainedRun, load_trained_run
 
 TEMPNETS_FORMAT = "clipdro-tempnets/1"
 

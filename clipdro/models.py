@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
 from torch import nn
 
-from clipdro.config import ModelConfig, TemperatureConfig, TempNetConfig, from_dict
 from clipdro.errors import UsageError
 from clipdro.model_configs import register_model_configs
 from clipdro.tempnet import CLIPTempNet
@@ -130,9 +130,9 @@ def quiet_transformers() -> Iterator[None]:
         transformers.logging.enable_progress_bar()
 
 
-def tower_weights(model_config: ModelConfig | dict) -> TowerWeights:
-    """The tower-weight overrides of a run's ``model`` section (a ModelConfig or its dict; keys
-    absent from older checkpoints' configs mean none)."""
+def tower_weights(model_config: Any) -> TowerWeights:
+    """The tower-weight overrides of a run's ``model`` section (clipdro.train_config.ModelConfig or
+    its dict; keys absent from older checkpoints' configs mean none)."""
     get = model_config.get if isinstance(model_config, dict) else lambda key: getattr(model_config, key)
     return TowerWeights(image=get("image_weights"), image_key_map=get("image_weights_key_map") or "names",
                         text=get("text_weights"))
@@ -170,83 +170,9 @@ def embedding_dim(name: str) -> int:
     return int(open_clip.get_model_config(resolve_model_name(name))["embed_dim"])
 
 
-def build_tempnets(model_name: str, tempnet: TempNetConfig,
-                   temperature: TemperatureConfig) -> tuple[CLIPTempNet, CLIPTempNet]:
-    """The image and text TempNets of a run (in that order: their random init uses the torch seed)."""
+def build_tempnets(model_name: str, num_prototypes: int, tau_min: float, tau_max: float,
+                   dropout: float) -> tuple[CLIPTempNet, CLIPTempNet]:
+    """The image and text TempNets of model ``model_name`` (in that order: their random init uses the
+    torch seed), each mapping an embedding to a temperature in [tau_min, tau_max]."""
     dim = embedding_dim(model_name)
-    return tuple(CLIPTempNet(dim, tempnet.num_prototypes, temperature.min, temperature.max, tempnet.dropout)
-                 for _ in range(2))
-
-
-@dataclass
-class TrainedRun:
-    """A clipdro training checkpoint loaded for use: the model plus what identifies it.
-
-    The optimizer states are not kept (they are the bulk of a checkpoint and no consumer needs them).
-    """
-
-    checkpoint: Path  # the resolved checkpoint file
-    step: int
-    config: dict  # the run's resolved TrainConfig as a dict
-    model: CLIPWithTempNets  # in eval mode
-    eval_transform: Callable
-    tokenizer: Callable
-    loss_state: dict  # the loss's state_dict: per-sample tables (empty for the clip loss)
-
-    @property
-    def loss_name(self) -> str:
-        return self.config["loss"]["name"]
-
-
-class _DropRandomInitWarning(logging.Filter):
-    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" (factory.py logs
-    it with ``logging.warning``, i.e. on the root logger)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("No pretrained weights loaded for model")
-                    and message.endswith("Model initialized randomly."))
-
-
-def load_trained_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
-    """A clipdro training checkpoint (file or run folder, newest) -> :class:`TrainedRun`.
-
-    The open_clip model is rebuilt from the name in the checkpoint's config (without downloading
-    pretrained weights: the checkpoint has them all), then the TempNets if the run had them.
-    open_clip's "initialized randomly" warning is silenced for that build only: it is false here,
-    the checkpoint's weights are loaded right after.
-    """
-    from clipdro.checkpoint import load_checkpoint, resolve_checkpoint
-
-    path = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(path, map_location="cpu")
-    config, weights = state.get("config"), state.get("model")
-    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and "name" in config["model"]
-            and isinstance(weights, dict) and any(key.startswith("clip.") for key in weights) and "step" in state):
-        # e.g. an LLM run's checkpoint or an exported TempNets file
-        raise UsageError(f"{path}: not a clipdro CLIP training checkpoint (format {state.get('format')!r})")
-    model_config = config["model"]
-    # Every weight comes from the checkpoint: no pretrained tag, no base tower weights to download.
-    quiet = _DropRandomInitWarning()
-    logging.getLogger().addFilter(quiet)
-    try:
-        clip, _, eval_transform, tokenizer = create_clip(model_config["name"], pretrained=None,
-                                                         pretrained_image=False, pretrained_text=False,
-                                                         device="cpu", towers=tower_weights(model_config),
-                                                         load_tower_weights=False)
-    finally:
-        logging.getLogger().removeFilter(quiet)
-    tempnets = (None, None)
-    if any(key.startswith("image_tempnet.") for key in state["model"]):
-        tempnets = build_tempnets(model_config["name"], from_dict(TempNetConfig, config["tempnet"]),
-                                  from_dict(TemperatureConfig, config["temperature"]))
-    model = CLIPWithTempNets(clip, *tempnets)
-    model.load_state_dict(state["model"])
-    return TrainedRun(checkpoint=path, step=int(state["step"]), config=config, model=model.to(device).eval(),
-                      eval_transform=eval_transform, tokenizer=tokenizer, loss_state=state.get("loss") or {})
-
-
-def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
-    """A clipdro training checkpoint (file or run folder) -> (model, eval transform, tokenizer, config dict)."""
-    run = load_trained_run(checkpoint, device)
-    return run.model, run.eval_transform, run.tokenizer, run.config
+    return tuple(CLIPTempNet(dim, num_prototypes, tau_min, tau_max, dropout) for _ in range(2))

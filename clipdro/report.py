@@ -17,8 +17,8 @@ from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import DataSource, RawSample, read_samples
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval.temperature_report import build_report, require_per_sample_temperatures, write_report
-from clipdro.models import load_trained_run
 from clipdro.runtime import parse_device
+from clipdro.trained_run import load_trained_run
 
 
 def training_sources(run_config: dict, train_shards: list[str] | None) -> list[DataSource]:

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from clipdro.config import EvalConfig, TempNetConfig, TrainConfig
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
 from clipdro.distributed import all_gather_no_grad, broadcast_object, get_rank, mean_over_ranks, sum_counts
@@ -41,14 +40,17 @@ from clipdro.engine import (
 from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
-from clipdro.losses import loss_class
+from clipdro.losses import build_loss, loss_class
 from clipdro.models import CLIPWithTempNets, build_tempnets, create_clip, tower_weights
 from clipdro.run_logging import tau_summary
 from clipdro.towers import lock_text_tower
+from clipdro.train_config import EvalConfig, TempNetConfig, TrainConfig
 
 log = logging.getLogger("clipdro.train")
 
 CHECKPOINT_FORMAT = "clipdro-checkpoint/1"
+# Besides the run section's: loader processes and evaluation change nothing that is trained.
+RESUMABLE_KEYS = ("data.num_workers", "eval.")
 LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "samples_per_s_per_device", "data_s_per_step",
                  "compute_s_per_step", "lr", "tempnet_lr", "image_tau_mean", "image_tau_min", "image_tau_max",
                  "text_tau_mean", "text_tau_min", "text_tau_max", "nonfinite_steps", "skipped_samples"]
@@ -56,7 +58,8 @@ LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "samples_per_s_per_device", "
 
 def train(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) one training run; returns the final evaluation metrics ({} without evaluation sets)."""
-    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite)
+    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite,
+                       resumable_keys=RESUMABLE_KEYS)
     device = engine.device
 
     # --- model and TempNets: identical initial weights on every rank (same seed) ----------
@@ -72,7 +75,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     global_batch = config.data.batch_size * engine.context.world_size
 
     # --- loss (refuses, e.g., rho >= log(B - 1) here, before any step) ------------------------
-    loss_fn = loss_type.from_config(config, loader.dataset.num_samples).to(device)
+    loss_fn = build_loss(config, loader.dataset.num_samples).to(device)
     loss_fn.check_batch_size(global_batch)
     loss_fn.prepare_model(model.clip)
     # Missing or malformed evaluation sets fail here, not after training.
@@ -134,7 +137,8 @@ def build_model(config: TrainConfig, with_tempnets: bool, device: torch.device):
         lock_text_tower(clip.text, model_config.lock_text_unlocked_layers, model_config.lock_text_freeze_layer_norm)
     if model_config.grad_checkpointing:
         clip.set_grad_checkpointing(True)
-    tempnets = build_tempnets(config.model.name, config.tempnet, config.temperature) if with_tempnets else ()
+    tempnets = (build_tempnets(config.model.name, config.tempnet.num_prototypes, config.temperature.min,
+                               config.temperature.max, config.tempnet.dropout) if with_tempnets else ())
     model = CLIPWithTempNets(clip, *tempnets).to(device)
     return model, train_transform, eval_transform, tokenizer
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.data.manifest import Manifest
 from clipdro.data.writer import ShardSample, write_shards
 from clipdro.train import train
+from clipdro.train_config import TrainConfig
 from tests.shard_factory import image_bytes
 
 NUM_SAMPLES = 48

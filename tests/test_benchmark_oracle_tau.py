@@ -65,15 +65,16 @@ def test_strength_scales_the_log_spread_around_the_same_geometric_mean():
 
 def test_the_oracle_is_a_registered_loss_built_from_its_options():
     from benchmarks.paper.oracle_tau import BASE_CONFIG
-    from clipdro.config import TrainConfig, load_config
-    from clipdro.losses import loss_class
+    from clipdro.config import load_config
+    from clipdro.losses import build_loss
+    from clipdro.train_config import TrainConfig
 
     config = load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle", "run.seed=3",
                                                     "loss.options={level: 0.05, strength: 0.5, shuffle: true}"])
-    loss = loss_class("oracle").from_config(config, 10)
+    loss = build_loss(config, 10)
     assert isinstance(loss, OracleTauLoss) and (loss.level, loss.strength) == (0.05, 0.5)
     assert loss.shuffle is not None and (loss.tau_min, loss.tau_max, loss.oracle_rho) == (0.01, 0.1, 3.0)
-    free = loss_class("oracle").from_config(load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle"]), 10)
+    free = build_loss(load_config(TrainConfig, BASE_CONFIG, ["loss.name=oracle"]), 10)
     assert free.level is None and free.strength == 1.0 and free.shuffle is None
 
 

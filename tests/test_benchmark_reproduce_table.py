@@ -31,9 +31,10 @@ from benchmarks.paper.reproduce_table import (
     train,
     train_command,
 )
-from clipdro.config import TrainConfig, load_config, to_dict
+from clipdro.config import load_config, to_dict
 from clipdro.eval import compare, retrieval, zeroshot
 from clipdro.eval.results import PER_QUERY_FORMAT, query_sha256, write_results
+from clipdro.train_config import TrainConfig
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "pretrained_demo.yaml"
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.models import resolve_model_name
+from clipdro.train_config import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(path for folder in (ROOT / "configs", ROOT / "benchmarks" / "paper" / "configs")

@@ -9,8 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
+from clipdro.data.images import load_image
 from clipdro.errors import UsageError
-from clipdro.eval.embed import embed_images, embed_texts, load_image
+from clipdro.eval.embed import embed_images, embed_texts
 
 
 class LengthModel(torch.nn.Module):

@@ -9,7 +9,7 @@ import torch
 from clipdro.cli import main
 from clipdro.eval.embed import embed_images, embed_texts
 from clipdro.export import open_clip_model_ref
-from clipdro.models import load_trained_run
+from clipdro.trained_run import load_trained_run
 from tests.evalset_factory import write_tiny_evalset
 
 CAPTIONS = ["red cat", "a blue boat under the moon", "tree"]

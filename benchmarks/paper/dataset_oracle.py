@@ -36,16 +36,17 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from clipdro.analysis import best_taus
-from clipdro.config import TrainConfig
 from clipdro.data.config import PipelineConfig
 from clipdro.data.pipeline import read_samples
 from clipdro.engine import rng_preserved
 from clipdro.errors import UsageError
 from clipdro.eval.embed import inference_mode
 from clipdro.losses import SogCLRLoss, register_loss
+from clipdro.losses.config import LossConfig, TemperatureConfig
 from clipdro.losses.dro import kl_to_uniform
 from clipdro.models import resolve_model_name
 from clipdro.train import main as train_main
+from clipdro.train_config import ModelConfig
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrained.yaml"
 EMBED_BATCH = 256
@@ -72,6 +73,7 @@ class DatasetOracleLoss(SogCLRLoss):
 
     name = "dataset-oracle"
     option_names = ("smoothing", "level")
+    config_sections = ("loss", "temperature", "data", "model")  # the model section: its name
 
     def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, tau_init: float,
                  steps_per_epoch: int, data: PipelineConfig, model_name: str, smoothing: float = 1.0,
@@ -88,15 +90,16 @@ class DatasetOracleLoss(SogCLRLoss):
         self._clip: torch.nn.Module | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> DatasetOracleLoss:
-        if config.data.epoch_samples is None:
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig,
+                    data: PipelineConfig, model: ModelConfig) -> DatasetOracleLoss:
+        if data.epoch_samples is None:
             raise UsageError("dataset-oracle needs data.epoch_samples (it refreshes tau* at every epoch start)")
-        options = config.loss.options
+        options = loss.options
         level = options.get("level")
-        return cls(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
-                   config.temperature.init, config.data.epoch_samples // config.data.batch_size, config.data,
-                   resolve_model_name(config.model.name), smoothing=float(options.get("smoothing", 1.0)),
-                   level=None if level is None else float(level), gamma=config.loss.gamma)
+        return cls(num_samples, loss.rho, temperature.min, temperature.max, temperature.init,
+                   data.epoch_samples // data.batch_size, data, resolve_model_name(model.name),
+                   smoothing=float(options.get("smoothing", 1.0)), level=None if level is None else float(level),
+                   gamma=loss.gamma)
 
     def prepare_model(self, clip: torch.nn.Module) -> None:
         super().prepare_model(clip)

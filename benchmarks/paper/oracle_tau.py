@@ -37,8 +37,9 @@ from pathlib import Path
 import torch
 
 from clipdro.analysis import best_taus, competitor_scores
-from clipdro.config import TrainConfig
+from clipdro.config import RunConfig
 from clipdro.losses import SogCLRLoss, register_loss
+from clipdro.losses.config import LossConfig, TemperatureConfig
 from clipdro.train import main as train_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ class OracleTauLoss(SogCLRLoss):
 
     name = "oracle"
     option_names = ("level", "strength", "shuffle")
+    config_sections = ("loss", "temperature", "run")  # run.seed seeds the shuffled variant
 
     def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, level: float | None,
                  gamma: float = 0.8, shuffle_seed: int | None = None, strength: float = 1.0):
@@ -65,13 +67,14 @@ class OracleTauLoss(SogCLRLoss):
         self._taus: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> OracleTauLoss:
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig,
+                    run: RunConfig) -> OracleTauLoss:
         """loss.rho and temperature.min/max are the oracle's; the options select the variant."""
-        options = config.loss.options
+        options = loss.options
         level = options.get("level")
-        return cls(num_samples, config.loss.rho, config.temperature.min, config.temperature.max,
-                   None if level is None else float(level), gamma=config.loss.gamma,
-                   shuffle_seed=config.run.seed if options.get("shuffle", False) else None,
+        return cls(num_samples, loss.rho, temperature.min, temperature.max,
+                   None if level is None else float(level), gamma=loss.gamma,
+                   shuffle_seed=run.seed if options.get("shuffle", False) else None,
                    strength=float(options.get("strength", 1.0)))
 
     @torch.no_grad()

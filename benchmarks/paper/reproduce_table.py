@@ -59,12 +59,13 @@ from pathlib import Path
 
 import benchmarks.paper.dataset_oracle  # noqa: F401  (registers the dataset-oracle loss)
 import benchmarks.paper.oracle_tau  # noqa: F401  (registers the oracle loss: its configs resolve here too)
-from clipdro.config import TrainConfig, load_config, to_dict
+from clipdro.config import load_config, to_dict
 from clipdro.data.evalset import EvalSet
 from clipdro.eval import compare
 from clipdro.eval.results import load_results
-from clipdro.eval.temperature_report import spearman
 from clipdro.eval.zeroshot import load_labelled_set
+from clipdro.stats import spearman
+from clipdro.train_config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "reproduce.yaml"

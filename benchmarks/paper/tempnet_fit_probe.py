@@ -39,10 +39,10 @@ from PIL import Image
 
 from clipdro.analysis import best_taus, competitor_scores, dissect_tempnet
 from clipdro.data.pipeline import DataSource, read_samples
-from clipdro.eval.temperature_report import spearman
 from clipdro.losses import kl_to_uniform
-from clipdro.models import load_trained_run
+from clipdro.stats import spearman
 from clipdro.tempnet import CLIPTempNet
+from clipdro.trained_run import load_trained_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH = 256

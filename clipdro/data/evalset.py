@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdro.data.images import UnreadableImage, load_image, unreadable_images_error
 from clipdro.errors import UsageError
 
 FORMAT = "clipdro-evalset/1"
@@ -56,8 +57,6 @@ class EvalSet:
         Decoding runs in ``workers`` threads (default: up to 8; PIL releases the GIL while it
         decodes). Local to this process: no collective, so any rank may call it alone."""
         from concurrent.futures import ThreadPoolExecutor
-
-        from clipdro.eval.embed import UnreadableImage, load_image, unreadable_images_error
 
         def failure(index: int) -> tuple[str, str] | None:
             try:

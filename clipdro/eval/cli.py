@@ -34,8 +34,8 @@ from clipdro.eval.zeroshot import (
     resolve_templates,
 )
 from clipdro.model_configs import register_model_configs
-from clipdro.models import load_trained_run
 from clipdro.runtime import EVAL_PRECISIONS, parse_device, resolve_precision
+from clipdro.trained_run import load_trained_run
 
 
 def main(argv: list[str] | None = None) -> int:

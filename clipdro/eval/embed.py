@@ -7,7 +7,7 @@ ends with the same full matrix (the collective runs on ``device``: CUDA tensors 
 ``precision`` is :mod:`clipdro.runtime`'s: ``auto`` (the default) uses bf16 autocast on CUDA
 where supported, else fp16, and stays fp32 on the CPU; training passes its ``run.precision``.
 
-Images are decoded by :func:`load_image`. An image that does not decode (truncated, not an
+Images are decoded by :func:`clipdro.data.images.decode_image`. An image that does not decode (truncated, not an
 image, a decompression bomb, missing) is the user's input, not a bug: the dataset returns the
 failure instead of raising (an exception in a DataLoader worker would come back as a
 multi-line traceback), :func:`embed_images` still decodes the rest, and after the pass every
@@ -18,8 +18,6 @@ unreadable images and their count (the failures of all ranks are gathered first)
 from __future__ import annotations
 
 import contextlib
-import io
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,16 +26,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from clipdro.data.images import DECODE_ERRORS, decode_failure, decode_image, unreadable_images_error
 from clipdro.distributed import gather_objects, gather_shards, shard_bounds
-from clipdro.errors import UsageError
 from clipdro.runtime import autocast_context
-
-# What PIL raises for bytes that are not a (complete, sane) image: OSError covers truncated
-# files, UnidentifiedImageError and missing files; the others come from individual plugins.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
-                 Image.DecompressionBombError)
-# How many unreadable images an error message names (the count covers them all).
-NAMED_FAILURES = 3
 
 
 def embed_images(
@@ -95,47 +86,12 @@ def embed_texts(
     return gather_shards(_encode_local(model, model.encode_text, batches, device, precision), len(texts)).cpu()
 
 
-def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """The image at ``source`` (a file, or the encoded bytes of one), fully decoded, as RGB.
-
-    Any decode failure (truncated or damaged data, not an image, a decompression bomb, a missing
-    file) raises :class:`UsageError` naming ``name`` (default: the path, or "encoded image" for
-    bytes) and PIL's reason."""
-    try:
-        return _decode(source)
-    except DECODE_ERRORS as error:
-        label = name or (str(source) if not isinstance(source, bytes) else "encoded image")
-        raise UnreadableImage(label, decode_failure(error)) from None
 
 
-class UnreadableImage(UsageError):
-    """:func:`load_image`'s error: ``name`` and PIL's ``reason`` are kept for summaries."""
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: unreadable image ({reason})")
-        self.name = name
-        self.reason = reason
-
-    def __reduce__(self):
-        return type(self), (self.name, self.reason)
 
 
-def decode_failure(error: BaseException) -> str:
-    """PIL's reason for a decode failure, short and on one line (no repeated path or object repr)."""
-    if isinstance(error, Image.UnidentifiedImageError):
-        return "not an image PIL can identify"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror  # FileNotFoundError & co.: the path is named by the caller
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
-def unreadable_images_error(failures: Sequence[tuple[str, str]], where: str) -> UsageError:
-    """One line: ``N unreadable image(s) in WHERE: a.jpg (reason), b.png (reason), ...``."""
-    named = ", ".join(f"{name} ({reason})" for name, reason in failures[:NAMED_FAILURES])
-    more = f", ... ({len(failures) - NAMED_FAILURES} more)" if len(failures) > NAMED_FAILURES else ""
-    noun = "image" if len(failures) == 1 else "images"
-    return UsageError(f"{len(failures)} unreadable {noun} in {where}: {named}{more}")
 
 
 @contextlib.contextmanager
@@ -165,17 +121,13 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            image = _decode(self.paths[index])
+            image = decode_image(self.paths[index])
         except DECODE_ERRORS as error:
             return self.offset + index, None, decode_failure(error)
         # Errors in the transform are bugs, not bad input: they propagate.
         return self.offset + index, self.preprocess(image), None
 
 
-def _decode(source: str | Path | bytes) -> Image.Image:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        image.load()  # decode everything now: truncation shows here, not in the transform
-        return image.convert("RGB")
 
 
 def _collate_images(items: list[tuple[int, torch.Tensor | None, str | None]]

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from clipdro.eval.temperature_report import distribution_summary, quantile_bins, spearman
 from clipdro.llm.data import IGNORE_INDEX, PackedText
 from clipdro.llm.evaluation import held_out_batches
 from clipdro.llm.model import predict_tau
+from clipdro.stats import distribution_summary, quantile_bins, spearman
 
 FEATURES = {  # column -> axis label
     "entropy": "LM entropy at tau = 1 (nats)",

@@ -65,7 +65,8 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
     vocab_size = lm_config.vocab_size
 
     # --- processes, data (input errors surface before the run folder exists) ----------------
-    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite)
+    engine = RunEngine(config.run, config, CHECKPOINT_FORMAT, LOG_LINE_KEYS, resume=resume, overwrite=overwrite,
+                       resumable_keys=("eval.",))  # evaluation changes nothing that is trained
     context, device = engine.context, engine.device
     train_data, heldout = load_datasets(config.data, tokenizer)
     batches = GlobalBatches(train_data.inputs, train_data.targets, config.data.batch_size, context.rank,
@@ -101,10 +102,7 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
             local_mean = plain_token_loss(logits, targets)
         else:
             local_mean = dro_token_loss(logits, targets, tau, config.loss.rho, IGNORE_INDEX)
-        local_tokens = (targets != IGNORE_INDEX).sum().to(torch.float64)
-        global_tokens = sum_over_ranks(local_tokens).clamp_min(1.0)
-        global_mean = float(sum_over_ranks(local_mean.detach().double() * local_tokens) / global_tokens)
-        objective = local_mean * (local_tokens * context.world_size / global_tokens).to(local_mean.dtype)
+        objective, global_mean = token_weighted(local_mean, targets, context.world_size)
         return StepOutput(objective=objective, loss=global_mean,
                           details=(tau.detach() if tau is not None else None, targets))
 
@@ -131,12 +129,8 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
         step=step, log_values=log_values, grad_clip_norm=config.optim.grad_clip_norm,
         evaluate=evaluate if heldout is not None else None, evaluate_every=config.eval.every_steps,
         evaluate_at_start=True,
-        description=[f"mode {config.mode}, V = {vocab_size} (log V = {math.log(vocab_size):.3f}"
-                     + (")" if tempnet is None else f", rho = {config.loss.rho:g})"),
-                     f"{train_data.inputs.shape[0]} training sequences of {config.data.seq_len} tokens, "
-                     f"{heldout[0].shape[0] if heldout else 'no'} held-out; {total_steps} steps "
-                     f"({total_steps / steps_per_epoch:.2f} epochs of {steps_per_epoch}), global batch "
-                     f"{batches.global_batch}"])
+        description=run_description(config, vocab_size, train_data.inputs.shape[0],
+                                    heldout[0].shape[0] if heldout else 0, total_steps, batches))
     result = engine.fit(job)
     if train_lm and result.completed and context.is_main:
         export_dir = engine.run_dir / EXPORTED_MODEL_DIR
@@ -144,6 +138,26 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
         tokenizer.save(export_dir)
         log.info("trained LM and tokenizer exported to %s (usable as model.name_or_path)", export_dir)
     return result.metrics
+
+
+def token_weighted(local_mean: torch.Tensor, targets: torch.Tensor, world_size: int) -> tuple[torch.Tensor, float]:
+    """(this rank's objective, the global mean loss) for a rank's mean token loss ``local_mean``: the
+    objective is weighted by the rank's share of the global batch's scored tokens, so that DDP's gradient
+    average equals the gradient of the mean over every scored token of the global batch."""
+    local_tokens = (targets != IGNORE_INDEX).sum().to(torch.float64)
+    global_tokens = sum_over_ranks(local_tokens).clamp_min(1.0)
+    global_mean = float(sum_over_ranks(local_mean.detach().double() * local_tokens) / global_tokens)
+    return local_mean * (local_tokens * world_size / global_tokens).to(local_mean.dtype), global_mean
+
+
+def run_description(config: LLMTrainConfig, vocab_size: int, train_sequences: int, heldout_sequences: int,
+                    total_steps: int, batches: GlobalBatches) -> list[str]:
+    """The lines the run's log opens with: mode, vocabulary, rho, data and schedule."""
+    return [f"mode {config.mode}, V = {vocab_size} (log V = {math.log(vocab_size):.3f}"
+            + (")" if config.mode == "plain" else f", rho = {config.loss.rho:g})"),
+            f"{train_sequences} training sequences of {config.data.seq_len} tokens, "
+            f"{heldout_sequences or 'no'} held-out; {total_steps} steps "
+            f"({total_steps / len(batches):.2f} epochs of {len(batches)}), global batch {batches.global_batch}"]
 
 
 def check_lm(config: LLMTrainConfig):

@@ -9,6 +9,7 @@ from clipdro.losses.contrastive import (
     ISogCLRLoss,
     SogCLRLoss,
     build_contrastive_loss,
+    build_loss,
     loss_class,
     register_loss,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ISogCLRLoss",
     "SogCLRLoss",
     "build_contrastive_loss",
+    "build_loss",
     "check_rho",
     "dro_token_loss",
     "kl_to_uniform",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +39,21 @@ from clipdro.distributed import (
     is_distributed,
 )
 from clipdro.errors import UsageError
+from clipdro.losses.config import LossConfig, TemperatureConfig
 from clipdro.losses.dro import check_rho, kl_to_uniform, moving_average_estimate
 from clipdro.state import SampleTable
 
-if TYPE_CHECKING:
-    from clipdro.config import TrainConfig
-    from clipdro.models import ModelOutput
-
 LossT = TypeVar("LossT", bound="ContrastiveLoss")
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's trainer clamps the learnable scale to <= log(100)
+
+
+class ModelOutput(Protocol):
+    """What :meth:`ContrastiveLoss.temperatures` reads of the model's forward output
+    (clipdro.models.ModelOutput), without the losses knowing the model library."""
+
+    logit_scale: torch.Tensor  # open_clip's exp(logit_scale) = 1 / tau
+    image_tau: torch.Tensor | None  # [n] from the image TempNet, None without TempNets
+    text_tau: torch.Tensor | None
 
 
 CONTRASTIVE_LOSSES: dict[str, type[ContrastiveLoss]] = {}  # loss.name -> class, see register_loss
@@ -91,26 +97,29 @@ class ContrastiveLoss(nn.Module):
     """Interface shared by every contrastive loss, and the hooks the trainer calls.
 
     A loss is constructed as ``cls(num_samples, **options)`` (``num_samples`` sizes per-sample
-    tables) and from a run's config by :meth:`from_config`. Its ``forward(image_features,
+    tables) and from a run's ``loss`` and ``temperature`` sections by :meth:`from_config`. Its ``forward(image_features,
     text_features, image_tau, text_tau, sample_ids)`` returns a :class:`ContrastiveLossOutput`.
     """
 
     name: ClassVar[str]
     uses_tempnets: ClassVar[bool] = False  # the model must carry image and text TempNets
-    option_names: ClassVar[tuple[str, ...]] = ()  # the keys of config.loss.options that from_config reads
+    option_names: ClassVar[tuple[str, ...]] = ()  # the keys of loss.options that from_config reads
+    # The sections of a run's config that from_config receives, as keyword arguments of these names
+    # (a loss registered from outside clipdro may name others: dataset_oracle.py reads data and model).
+    config_sections: ClassVar[tuple[str, ...]] = ("loss", "temperature")
 
     def __init__(self) -> None:
         super().__init__()
         self._checked_local_rows: int | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> ContrastiveLoss:
-        """The loss with its options taken from ``config``. By default ``cls(num_samples,
-        **config.loss.options)``: a loss registered from outside clipdro takes its constructor's
-        keyword arguments from ``loss.options`` (the built-in losses read the loss and temperature
-        sections instead)."""
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig) -> ContrastiveLoss:
+        """The loss built from the run's config sections named by :attr:`config_sections`. By default
+        ``cls(num_samples, **loss.options)``: a loss registered from outside clipdro takes its
+        constructor's keyword arguments from ``loss.options`` (the built-in losses read the named
+        fields of the ``loss`` and ``temperature`` sections instead)."""
         try:
-            return cls(num_samples, **config.loss.options)
+            return cls(num_samples, **loss.options)
         except TypeError as error:
             raise UsageError(f"loss {cls.name!r}: {error}") from None
 
@@ -179,8 +188,8 @@ class DROContrastiveLoss(ContrastiveLoss):
         self._checked_batch_size: int | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> DROContrastiveLoss:
-        return cls(num_samples, rho=config.loss.rho, gamma=config.loss.gamma)
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig) -> DROContrastiveLoss:
+        return cls(num_samples, rho=loss.rho, gamma=loss.gamma)
 
     def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return output.image_tau, output.text_tau
@@ -269,8 +278,8 @@ class SogCLRLoss(DROContrastiveLoss):
         self.tau = tau
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> SogCLRLoss:
-        return cls(num_samples, tau=config.temperature.init, gamma=config.loss.gamma)
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig) -> SogCLRLoss:
+        return cls(num_samples, tau=temperature.init, gamma=loss.gamma)
 
     def temperatures(self, output: ModelOutput) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         return None, None
@@ -304,8 +313,7 @@ class ISogCLRLoss(DROContrastiveLoss):
         self.text_tau_table = SampleTable(num_samples, {"tau": tau_init, "u": 0.0}, dtype=table_dtype)
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> ISogCLRLoss:
-        loss, temperature = config.loss, config.temperature
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig) -> ISogCLRLoss:
         return cls(num_samples, rho=loss.rho, gamma=loss.gamma, tau_init=temperature.init, tau_min=temperature.min,
                    tau_max=temperature.max, beta=loss.isogclr_beta, eta=loss.isogclr_eta)
 
@@ -346,8 +354,8 @@ class CLIPLoss(ContrastiveLoss):
         self.tau_init = tau_init
 
     @classmethod
-    def from_config(cls, config: TrainConfig, num_samples: int) -> CLIPLoss:
-        return cls(num_samples, tau_init=config.temperature.init)
+    def from_config(cls, num_samples: int, *, loss: LossConfig, temperature: TemperatureConfig) -> CLIPLoss:
+        return cls(num_samples, tau_init=temperature.init)
 
     def prepare_model(self, clip: nn.Module) -> None:
         if self.tau_init is not None:
@@ -392,6 +400,19 @@ def loss_class(name: str) -> type[ContrastiveLoss]:
     if name not in CONTRASTIVE_LOSSES:
         raise UsageError(f"unknown loss {name!r}; choose one of {sorted(CONTRASTIVE_LOSSES)}")
     return CONTRASTIVE_LOSSES[name]
+
+
+def build_loss(config: Any, num_samples: int) -> ContrastiveLoss:
+    """The loss named by ``config.loss.name``, given only the sections of the run's ``config`` that it
+    names (:attr:`ContrastiveLoss.config_sections`); its ``loss.options`` are checked here, where the
+    loss is built (an option it does not read is a usage error naming those it does)."""
+    loss = config.loss
+    cls = loss_class(loss.name)
+    unknown = sorted(set(loss.options) - set(cls.option_names))
+    if unknown:
+        raise UsageError(f"loss.options.{unknown[0]}: the {loss.name} loss reads "
+                         f"{', '.join(cls.option_names) if cls.option_names else 'no loss.options'}")
+    return cls.from_config(num_samples, **{name: getattr(config, name) for name in cls.config_sections})
 
 
 def build_contrastive_loss(name: str, num_samples: int, **options) -> ContrastiveLoss:
