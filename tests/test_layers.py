@@ -7,6 +7,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clipdro"
 MAX_FUNCTION_LINES = 80
+# docs/design.md's layer picture, bottom first: a module imports only from its own layer or those below.
+# A module belongs to the longest prefix listed (clipdro.llm.train is in the top layer, the rest of
+# clipdro.llm in the third).
+LAYERS = [
+    ["clipdro", "clipdro.errors", "clipdro.runtime", "clipdro.distributed", "clipdro.info", "clipdro.stats",
+     "clipdro.config", "clipdro.data.config", "clipdro.data.images", "clipdro.model_configs"],
+    ["clipdro.state", "clipdro.tempnet", "clipdro.losses", "clipdro.data", "clipdro.checkpoint",
+     "clipdro.run_logging"],
+    ["clipdro.towers", "clipdro.models", "clipdro.analysis", "clipdro.engine", "clipdro.llm"],
+    ["clipdro.train_config", "clipdro.trained_run"],
+    ["clipdro.eval"],
+    ["clipdro.train", "clipdro.llm.train", "clipdro.llm.tau_report", "clipdro.llm.cli", "clipdro.export",
+     "clipdro.report", "clipdro.cli"],
+]
 
 
 def module_name(path: Path) -> str:
@@ -64,6 +78,20 @@ def test_no_import_cycle_among_clipdro_modules():
     graph = import_graph()
     assert "clipdro.losses.contrastive" in graph and "clipdro.config" in graph["clipdro.engine"]
     assert find_cycle(graph) is None
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of the longest prefix of ``module`` listed there."""
+    matches = [(len(prefix), index) for index, layer in enumerate(LAYERS) for prefix in layer
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer of LAYERS (tests/test_layers.py, docs/design.md)"
+    return max(matches)[1]
+
+
+def test_every_import_points_to_its_own_layer_or_one_below():
+    upward = [f"{module} -> {target}" for module, targets in import_graph().items() for target in targets
+              if layer_of(target) > layer_of(module)]
+    assert not upward, f"imports against docs/design.md's layers: {', '.join(sorted(upward))}"
 
 
 def test_the_shared_engine_and_the_llm_path_load_no_clip_training_stack():
