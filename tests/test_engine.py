@@ -7,13 +7,13 @@ from clipdro.checkpoint import list_checkpoints, load_checkpoint
 from clipdro.config import OptimConfig
 from clipdro.engine import rng_preserved, warmup_cosine_lr
 from clipdro.train import train
-from tests.test_train import config_for, evalset_dir, shards, step_losses  # noqa: F401  (fixtures)
+from tests.run_factory import config_for, step_losses
 
 
-def test_resume_across_periodic_evaluations_reproduces_the_uninterrupted_run(shards, evalset_dir, tmp_path):  # noqa: F811
+def test_resume_across_periodic_evaluations_reproduces_the_uninterrupted_run(shards, labelled_evalset, tmp_path):
     # Dropout draws from the torch RNG every step; an evaluation that consumed it (a DataLoader draws its
     # base seed) would make the run depend on whether the evaluation ran between checkpoint and resume.
-    common = ("run.epochs=2", "tempnet.dropout=0.5", f"eval.retrieval=[{evalset_dir}]", "eval.every_steps=2",
+    common = ("run.epochs=2", "tempnet.dropout=0.5", f"eval.retrieval=[{labelled_evalset}]", "eval.every_steps=2",
               "eval.batch_size=4")
     full = tmp_path / "full"
     train(config_for(shards, full, *common))
@@ -26,7 +26,7 @@ def test_resume_across_periodic_evaluations_reproduces_the_uninterrupted_run(sha
         assert torch.equal(final_parts["model"][key], value), key
 
 
-def test_in_training_evaluation_uses_the_run_precision(shards, evalset_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_in_training_evaluation_uses_the_run_precision(shards, labelled_evalset, tmp_path, monkeypatch):
     import clipdro.train as trainer
 
     seen = []
@@ -38,11 +38,11 @@ def test_in_training_evaluation_uses_the_run_precision(shards, evalset_dir, tmp_
 
     monkeypatch.setattr(trainer, "evaluate_retrieval", recording)
     train(config_for(shards, tmp_path / "run", "run.precision=amp_bf16", "run.stop_after=1",
-                     f"eval.retrieval=[{evalset_dir}]"))
+                     f"eval.retrieval=[{labelled_evalset}]"))
     assert seen == ["amp_bf16"]
 
 
-def test_checkpoint_comes_before_evaluation_and_the_folder_holds_eval_json(shards, evalset_dir, tmp_path,  # noqa: F811
+def test_checkpoint_comes_before_evaluation_and_the_folder_holds_eval_json(shards, labelled_evalset, tmp_path,
                                                                            monkeypatch):
     import clipdro.train as trainer
 
@@ -54,7 +54,7 @@ def test_checkpoint_comes_before_evaluation_and_the_folder_holds_eval_json(shard
     monkeypatch.setattr(trainer, "evaluate_retrieval", failing)
     with pytest.raises(RuntimeError, match="evaluation broke"):
         train(config_for(shards, run_dir, "run.epochs=1", "run.checkpoint_every=2", "eval.every_steps=2",
-                         f"eval.retrieval=[{evalset_dir}]"))
+                         f"eval.retrieval=[{labelled_evalset}]"))
     # The training up to the failed evaluation is safe: its checkpoint was written first.
     assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002.pt"]
 

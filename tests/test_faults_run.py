@@ -18,18 +18,10 @@ from clipdro import cli
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
 from clipdro.data.writer import ShardSample, write_shards
 from tests.launch import REPO_ROOT
-from tests.shard_factory import write_dense
 
 EPOCHS = 6  # 6 steps of 8 per epoch: long enough to be interrupted in the middle
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    write_dense(folder, count=48, per_shard=12, size=32)
-    return folder
 
 
 def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:

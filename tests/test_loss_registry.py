@@ -12,8 +12,7 @@ from clipdro.errors import UsageError
 from clipdro.losses import CONTRASTIVE_LOSSES, ContrastiveLoss, ContrastiveLossOutput, build_loss, register_loss
 from clipdro.train import train
 from clipdro.train_config import TrainConfig
-from tests import test_train
-from tests.test_train import overrides
+from tests.run_factory import train_overrides
 
 
 class FixedTauInfoNCE(ContrastiveLoss):
@@ -41,7 +40,6 @@ class FixedTauInfoNCE(ContrastiveLoss):
         return ContrastiveLossOutput(loss=loss, image_tau=taus, text_tau=taus)
 
 
-shards = test_train.shards  # the same fixture: 48 generated samples in shards of 12
 
 
 class ScaledInfoNCE(FixedTauInfoNCE):
@@ -62,7 +60,7 @@ def registered():
 
 def test_a_registered_loss_trains_with_its_options_and_no_tempnets(shards, tmp_path):
     run_dir = tmp_path / "run"
-    config = load_config(TrainConfig, None, overrides(shards, run_dir, f"loss.name={FixedTauInfoNCE.name}",
+    config = load_config(TrainConfig, None, train_overrides(shards, run_dir, f"loss.name={FixedTauInfoNCE.name}",
                                                        "loss.options={tau: 0.2}", "run.epochs=1"))
     train(config)
     assert FixedTauInfoNCE.calls == 6  # 48 samples, batch 8
@@ -73,12 +71,13 @@ def test_a_registered_loss_trains_with_its_options_and_no_tempnets(shards, tmp_p
 
 
 def test_unknown_names_and_options_are_refused_with_status_2(shards, tmp_path, capsys):
-    assert cli.main(["train", *overrides(shards, tmp_path / "a"), "loss.name=no-such-loss"]) == 2
+    assert cli.main(["train", *train_overrides(shards, tmp_path / "a"), "loss.name=no-such-loss"]) == 2
     assert "unknown loss 'no-such-loss'" in capsys.readouterr().err
-    assert cli.main(["train", *overrides(shards, tmp_path / "b"), f"loss.name={FixedTauInfoNCE.name}",
+    assert cli.main(["train", *train_overrides(shards, tmp_path / "b"), f"loss.name={FixedTauInfoNCE.name}",
                      "loss.options={taus: 1}"]) == 2
     assert "loss.options.taus" in capsys.readouterr().err
-    assert cli.main(["train", *overrides(shards, tmp_path / "c"), "loss.options={tau: 1}"]) == 2  # tempnet reads none
+    # tempnet reads no loss.options
+    assert cli.main(["train", *train_overrides(shards, tmp_path / "c"), "loss.options={tau: 1}"]) == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
@@ -95,8 +94,9 @@ def test_a_taken_name_cannot_be_registered_twice():
 def test_the_default_from_config_passes_loss_options_to_the_constructor(shards):
     register_loss(ScaledInfoNCE)
     try:
-        config = load_config(TrainConfig, None, overrides(shards, shards / "unused", f"loss.name={ScaledInfoNCE.name}",
-                                                           "loss.options={tau: 0.3}"))
+        overrides = train_overrides(shards, shards / "unused", f"loss.name={ScaledInfoNCE.name}",
+                                    "loss.options={tau: 0.3}")
+        config = load_config(TrainConfig, None, overrides)
         assert build_loss(config, 8).tau == 0.3
     finally:
         CONTRASTIVE_LOSSES.pop(ScaledInfoNCE.name)

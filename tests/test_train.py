@@ -4,43 +4,16 @@ import json
 import math
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
 from clipdro import cli
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
-from clipdro.config import load_config
 from clipdro.losses import DROContrastiveLoss
-from clipdro.train import NonFiniteLossError, train
-from clipdro.train_config import TrainConfig
-from tests.shard_factory import write_dense
-
-BATCH = 8
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    write_dense(folder, count=48, per_shard=12, size=32)
-    return folder
-
-
-def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.sources=[{{shards: {shards}}}]", f"data.batch_size={BATCH}", "data.num_workers=0",
-            "data.resampled=false", "data.shuffle_buffer=1", "loss.rho=1.0", "tempnet.dropout=0.0",
-            "model.train_transform=eval", f"run.output_dir={run_dir.parent}", f"run.name={run_dir.name}",
-            "run.log_every=1", *extra]
-
-
-def config_for(shards: Path, run_dir: Path, *extra: str) -> TrainConfig:
-    return load_config(TrainConfig, None, overrides(shards, run_dir, *extra))
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {record["step"]: record["loss"] for record in lines if "loss" in record}
+from clipdro.train import NonFiniteLossError, tempnet_lr, train
+from clipdro.train_config import TempNetConfig
+from tests.run_factory import BATCH, config_for, step_losses, train_overrides
 
 
 @pytest.mark.parametrize("loss_name", ["tempnet", "sogclr", "isogclr", "clip"])
@@ -52,6 +25,8 @@ def test_every_loss_trains_and_writes_the_run_folder(shards, tmp_path, loss_name
     losses = step_losses(run_dir)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(map(torch.isfinite, torch.tensor(list(losses.values()))))
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    if loss_name == "tempnet":  # tempnet_lr (tested below) sets the TempNet's rate: 3e-5 from the first step
+        assert record["tempnet_lr"] == TempNetConfig().lr
     for key in ("samples_per_s", "samples_per_s_per_device", "data_s_per_step", "compute_s_per_step", "lr",
                 "image_tau_mean", "image_tau_min", "image_tau_max", "text_tau_mean"):
         assert key in record, key
@@ -132,7 +107,7 @@ def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monke
     (["tempnet.start_epoch=-1"], "tempnet.start_epoch must be >= 0"),
 ])
 def test_bad_input_exits_with_status_2_and_one_line(shards, tmp_path, capsys, extra, message):
-    status = cli.main(["train", *overrides(shards, tmp_path / "run"), *extra])
+    status = cli.main(["train", *train_overrides(shards, tmp_path / "run"), *extra])
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and "Traceback" not in err
@@ -140,31 +115,15 @@ def test_bad_input_exits_with_status_2_and_one_line(shards, tmp_path, capsys, ex
 
 
 def test_missing_data_path_exits_with_status_2(tmp_path, capsys):
-    status = cli.main(["train", *overrides(tmp_path / "nowhere", tmp_path / "run")])
+    status = cli.main(["train", *train_overrides(tmp_path / "nowhere", tmp_path / "run")])
     err = capsys.readouterr().err
     assert status == 2 and "nowhere" in err and "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def evalset_dir(tmp_path_factory) -> Path:
-    from clipdro.data.evalset import EvalSet
-    from tests.shard_factory import image_bytes
-
-    root = tmp_path_factory.mktemp("evalset")
-    (root / "images").mkdir()
-    for index in range(6):
-        (root / "images" / f"{index}.jpg").write_bytes(image_bytes(index, size=32))
-    EvalSet(root=root, name="tiny", images=[f"images/{index}.jpg" for index in range(6)],
-            captions=[[f"picture number {index}", f"image {index}"] for index in range(6)],
-            labels=[index % 3 for index in range(6)], classnames=["red", "green", "blue"],
-            templates=["a picture of {}."]).save()
-    return root
-
-
-def test_periodic_and_final_evaluation(shards, evalset_dir, tmp_path):
+def test_periodic_and_final_evaluation(shards, labelled_evalset, tmp_path):
     run_dir = tmp_path / "run"
-    final = train(config_for(shards, run_dir, "run.epochs=1", f"eval.retrieval=[{evalset_dir}]",
-                             f"eval.zeroshot=[{evalset_dir}]", "eval.every_steps=4", "eval.recall_k=[1, 2]"))
+    final = train(config_for(shards, run_dir, "run.epochs=1", f"eval.retrieval=[{labelled_evalset}]",
+                             f"eval.zeroshot=[{labelled_evalset}]", "eval.every_steps=4", "eval.recall_k=[1, 2]"))
     assert sorted(path.name for path in (run_dir / "eval").iterdir()) == ["step_000000004.json", "step_000000006.json"]
     assert set(final) == {"tiny/image_retrieval_recall@1", "tiny/image_retrieval_recall@2",
                           "tiny/text_retrieval_recall@1", "tiny/text_retrieval_recall@2",
@@ -175,7 +134,7 @@ def test_periodic_and_final_evaluation(shards, evalset_dir, tmp_path):
 
 
 def test_missing_evaluation_set_exits_with_status_2(shards, tmp_path, capsys):
-    status = cli.main(["train", *overrides(shards, tmp_path / "run"), f"eval.retrieval=[{tmp_path / 'absent'}]"])
+    status = cli.main(["train", *train_overrides(shards, tmp_path / "run"), f"eval.retrieval=[{tmp_path / 'absent'}]"])
     assert status == 2 and "absent" in capsys.readouterr().err
 
 
@@ -194,11 +153,8 @@ def test_gradient_checkpointing_gives_the_same_step(shards, tmp_path):
     assert step_losses(checkpointed) == pytest.approx(step_losses(plain), rel=1e-5)
 
 
-def test_tempnet_start_epoch_freezes_the_tempnet_then_decays_from_its_start(shards, tmp_path):
-    run_dir = tmp_path / "run"
-    train(config_for(shards, run_dir, "run.epochs=3", "tempnet.lr=1e-2", "tempnet.lr_decay_per_epoch=0.5",
-                     "tempnet.start_epoch=1"))
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    tempnet_lrs = {record["step"]: record["tempnet_lr"] for record in records if "tempnet_lr" in record}
-    assert tempnet_lrs == {**dict.fromkeys(range(1, 7), 0.0), **dict.fromkeys(range(7, 13), 1e-2),
-                           **dict.fromkeys(range(13, 19), 5e-3)}
+def test_tempnet_start_epoch_freezes_the_tempnet_then_decays_from_its_start():
+    tempnet = TempNetConfig(lr=1e-2, lr_decay_per_epoch=0.5, start_epoch=1)
+    lrs = [tempnet_lr(step, 6, tempnet) for step in range(18)]  # step index 0..17, 6 steps an epoch
+    assert lrs == [0.0] * 6 + [1e-2] * 6 + [5e-3] * 6
+    assert tempnet_lr(5, 6, TempNetConfig(lr=3e-5)) == 3e-5  # start_epoch 0: from the first step
