@@ -2,7 +2,8 @@
 
 :func:`train` reads top to bottom: processes and run folder (:class:`~clipdro.engine.RunEngine`),
 model and TempNets, data, loss, evaluation sets, optimizers, then the step function, handed to
-the engine with the parts to checkpoint. The same entry runs on one CPU, under
+the engine with the parts to checkpoint. The per-batch step up to the loss is :func:`clip_step`
+(shared with the GPU check). The same entry runs on one CPU, under
 ``torchrun --nproc_per_node ...`` and under SLURM's ``srun``.
 
 Invariants worth knowing before changing anything here:
@@ -21,6 +22,7 @@ Invariants worth knowing before changing anything here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -40,7 +42,7 @@ from clipdro.engine import (
 from clipdro.errors import UsageError
 from clipdro.eval.tasks import evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import default_template_source, load_labelled_set, resolve_classnames, resolve_templates
-from clipdro.losses import build_loss, loss_class
+from clipdro.losses import ContrastiveLoss, ContrastiveLossOutput, build_loss, loss_class
 from clipdro.models import CLIPWithTempNets, build_tempnets, create_clip, tower_weights
 from clipdro.run_logging import tau_summary
 from clipdro.towers import lock_text_tower
@@ -91,10 +93,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             init_prototypes_from_batch(model, images, tokens, engine)
         set_lr(model_optimizer, warmup_cosine_lr(index, total_steps, config.optim))
         set_lr(tempnet_optimizer, tempnet_lr(index, steps_per_epoch, config.tempnet))
-        with engine.autocast():
-            output = ddp_model(images, tokens)
-        image_tau, text_tau = loss_fn.temperatures(output)
-        result = loss_fn(output.image_features, output.text_features, image_tau, text_tau, sample_ids)
+        result = clip_step(ddp_model, loss_fn, images, tokens, sample_ids, engine.autocast())
         return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
 
     def log_values(output: StepOutput) -> dict[str, Any]:
@@ -121,6 +120,18 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
                      f"{global_batch}, loss {config.loss.name}, {loader.dataset.num_samples} samples in the "
                      f"per-sample tables"])
     return engine.fit(job).metrics
+
+
+def clip_step(model: torch.nn.Module, loss_fn: ContrastiveLoss, images: torch.Tensor, tokens: torch.Tensor,
+              sample_ids: torch.Tensor, autocast: contextlib.AbstractContextManager) -> ContrastiveLossOutput:
+    """The trainer's step for one batch up to its loss: the forward under ``autocast`` (e.g.
+    ``RunEngine.autocast()``), the temperatures the loss takes from the model's output (TempNets or
+    ``logit_scale``, or none), and the loss outside autocast. The engine does the backward and the update
+    (RunEngine._update); the GPU check (benchmarks/speed/gpu_check) calls this same function."""
+    with autocast:
+        output = model(images, tokens)
+    image_tau, text_tau = loss_fn.temperatures(output)
+    return loss_fn(output.image_features, output.text_features, image_tau, text_tau, sample_ids)
 
 
 # ---------------------------------------------------------------------------- set-up helpers

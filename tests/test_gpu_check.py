@@ -1,4 +1,4 @@
-"""benchmarks/speed/gpu_check.py on the CPU: the refusal without CUDA, arguments, wheel selection and
+"""benchmarks/speed/gpu_check/ on the CPU: the refusal without CUDA, arguments, wheel selection and
 installation, the report writers on made-up part results, the part runner, and the CPU-runnable pieces
 of the parts (the nccl comparison against its float64 reference, the FAISS agreement with two CPU
 indexes). The CUDA parts themselves run only on the GPU machine (docs/performance.md#gpu)."""
@@ -13,25 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.speed import gpu_check
-from benchmarks.speed.gpu_check import (
-    FAISS_NOT_BROUGHT,
+from benchmarks.speed.gpu_check import main as main_module
+from benchmarks.speed.gpu_check import nccl, throughput
+from benchmarks.speed.gpu_check.faiss_part import FAISS_NOT_BROUGHT, faiss_agreement, faiss_part
+from benchmarks.speed.gpu_check.main import main
+from benchmarks.speed.gpu_check.nccl import compare_nccl_results, toy_reference
+from benchmarks.speed.gpu_check.startup import (
     PARTS,
     Context,
-    compare_nccl_results,
     exit_status,
-    faiss_agreement,
     markdown_report,
-    open_clip_launcher,
     parse_args,
     part_result,
     run_part,
-    toy_reference,
     unpack_wheels,
     wheel_distribution,
     wheels_to_install,
     write_report,
 )
+from benchmarks.speed.gpu_check.throughput import open_clip_launcher
 from tests.launch import REPO_ROOT
 
 
@@ -53,8 +53,8 @@ def test_refusal_comes_before_any_part(monkeypatch, capsys, tmp_path):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(gpu_check, "install_wheels", lambda *a: pytest.fail("installed without CUDA"))
-    assert gpu_check.main(["--out", str(tmp_path / "out"), "--wheels", str(tmp_path)]) == 2
+    monkeypatch.setattr(main_module, "install_wheels", lambda *a: pytest.fail("installed without CUDA"))
+    assert main(["--out", str(tmp_path / "out"), "--wheels", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.splitlines()) == 1
 
@@ -82,7 +82,7 @@ def test_cpu_rehearsal_sizes_the_check_for_the_cpu_and_explicit_arguments_win():
 
 def test_cpu_rehearsal_runs_a_part_without_cuda_and_says_so(tmp_path, capsys):
     out = tmp_path / "out"
-    status = gpu_check.main(["--cpu-rehearsal", "--parts", "precision", "--precision-steps", "2",
+    status = main(["--cpu-rehearsal", "--parts", "precision", "--precision-steps", "2",
                              "--precision-batch", "8", "--out", str(out), "--work-dir", str(tmp_path / "work")])
     assert status == 0
     report = json.loads((out / "gpu_check.json").read_text())
@@ -165,9 +165,9 @@ def test_open_clip_launcher_puts_the_old_webdataset_first(tmp_path):
                                check=True)
     assert completed.stdout.splitlines() == ["main ['--lr', '8e-4']"]
     console = tmp_path / "console.txt"
-    console.write_text(f"Train Epoch: 0 ...\n{gpu_check.PEAK_MEMORY_TAG}12.5000\n")
-    assert gpu_check.open_clip_peak_memory(console) == 12.5
-    assert gpu_check.open_clip_peak_memory(tmp_path / "none.txt") is None
+    console.write_text(f"Train Epoch: 0 ...\n{throughput.PEAK_MEMORY_TAG}12.5000\n")
+    assert throughput.open_clip_peak_memory(console) == 12.5
+    assert throughput.open_clip_peak_memory(tmp_path / "none.txt") is None
 
 
 # --- reports and the part runner -----------------------------------------------------------------------
@@ -250,11 +250,31 @@ def _initial_state():
     import torch
 
     torch.manual_seed(0)
-    return gpu_check.build_toy_model().state_dict()
+    return nccl.build_toy_model().state_dict()
+
+
+def test_the_nccl_and_precision_parts_train_through_the_trainers_own_step(monkeypatch):
+    """Both parts call clipdro.train.clip_step (the step train() runs), not a copy of it that could drift."""
+    import clipdro.train
+    from benchmarks.speed.gpu_check.precision import precision_agreement
+
+    calls = []
+    real_step = clipdro.train.clip_step
+
+    def counting_step(*args, **kwargs):
+        calls.append(args[1].name)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(clipdro.train, "clip_step", counting_step)
+    toy_reference(_initial_state(), world_size=1, steps=2)
+    assert calls == ["tempnet"] * 2
+    calls.clear()
+    result = precision_agreement("clipdro-tiny-vit", "cpu", batch=4, steps=1, losses=("clip",))
+    assert calls == ["clip"] * 2 and set(result["runs"]["clip"]) == {"fp32", "amp_bf16"}
 
 
 def test_faiss_part_without_faiss_gpu_records_the_reason():
-    result = gpu_check.faiss_part(parse_args([]), Context(out=Path("."), work_dir=Path("."), deadline=0.0))
+    result = faiss_part(parse_args([]), Context(out=Path("."), work_dir=Path("."), deadline=0.0))
     assert result["status"] == "skipped" and result["reason"] == FAISS_NOT_BROUGHT
     assert result["summary"].startswith("GPU FAISS not measured: no wheel within the 64 MiB budget")
 
@@ -270,7 +290,7 @@ def test_faiss_agreement_of_two_cpu_searches():
 @pytest.mark.slow
 def test_nccl_part_plumbing_on_two_gloo_ranks(tmp_path):
     """The whole nccl part with gloo on the CPU (torchrun, 2 ranks): about 15 s on 2 cores."""
-    result = gpu_check.run_nccl_check(tmp_path, nproc=2, backend="gloo", steps=4, timeout=240)
+    result = nccl.run_nccl_check(tmp_path, nproc=2, backend="gloo", steps=4, timeout=240)
     assert result["status"] == "passed", result
     assert result["world_size"] == 2 and result["ranks_identical"]
     assert max(result["tolerance_ratio"].values()) < 1.0
