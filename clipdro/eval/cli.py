@@ -30,7 +30,7 @@ from clipdro.eval.zeroshot import (
     TEMPLATE_SETS,
     default_template_source,
     load_labelled_set,
-    resolve_classnames,
+    resolve_classes,
     resolve_templates,
 )
 from clipdro.model_configs import register_model_configs
@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         evalset = load_labelled_set(args.data)
         template_source = args.templates or default_template_source(evalset)
-        classnames = resolve_classnames(args.classnames, evalset)
+        classes = resolve_classes(args.classnames, evalset)
         templates = resolve_templates(template_source, evalset)
+        evalset = classes.apply(evalset)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     loaded = load_model(args)
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                             args.recall_k, (result.sizes["num_images"], result.sizes["num_texts"]),
                             exact_ranks=args.exact_ranks)}
     else:
-        result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classnames, templates,
+        result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classes.names, templates,
                                    **loader_options)
-        task_options = {"classnames": args.classnames, "templates": template_source}
+        task_options = {"classnames": args.classnames, "templates": template_source, "classes": classes.record()}
     record = _result_record(args, loaded.identity, evalset, result, task_options)
     text = json.dumps(record["metrics"], indent=2)
     if args.output:
@@ -150,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     zeroshot = commands.add_parser("zeroshot", help="zero-shot classification: acc1, acc5, per-class recall")
     add_model_and_data(zeroshot, "evaluation-set folder with labels, or an ImageFolder tree")
     zeroshot.add_argument("--classnames", default="evalset",
-                          help="evalset, imagenet or a file (one name per line)")
+                          help="evalset, imagenet (by class folder: ImageNet wnids, a subset of them, or "
+                               "ImageNetV2's 0 ... 999) or a file (one name per line, or folder<TAB>name)")
     zeroshot.add_argument("--templates", default=None,
                           help=f"{', '.join(TEMPLATE_SETS)}, evalset or a file with one '{{}}' template "
                                "per line (default: the set's templates if any, else openai)")
