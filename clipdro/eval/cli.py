@@ -20,6 +20,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clipdro.data.eval_converters import load_evalset
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval import compare, retrieval
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Data and faiss first: a wrong path or a broken faiss install should fail before a (possibly slow)
     # model load and embedding pass, not after it.
     if args.command == "retrieval":
-        evalset = EvalSet.load(args.data)
+        evalset = load_evalset(args.data)
         if not args.exact_ranks:
             load_faiss()
     else:
@@ -143,13 +144,15 @@ def _build_parser() -> argparse.ArgumentParser:
                               "(recorded in the results file)")
 
     retrieval = commands.add_parser("retrieval", help="image-text retrieval recall@K (FAISS)")
-    add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json)")
+    add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json), or a CLIP_benchmark "
+                                  "webdataset retrieval set (folder or URL with test/nshards.txt)")
     retrieval.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], metavar="K")
     retrieval.add_argument("--exact-ranks", action="store_true",
                            help="brute-force scores; adds mean and median rank of the first positive")
 
     zeroshot = commands.add_parser("zeroshot", help="zero-shot classification: acc1, acc5, per-class recall")
-    add_model_and_data(zeroshot, "evaluation-set folder with labels, or an ImageFolder tree")
+    add_model_and_data(zeroshot, "evaluation-set folder with labels, an ImageFolder tree, or a CLIP_benchmark "
+                                 "webdataset set (folder or URL with test/nshards.txt, classnames.txt)")
     zeroshot.add_argument("--classnames", default="evalset",
                           help="evalset, imagenet (by class folder: ImageNet wnids, a subset of them, or "
                                "ImageNetV2's 0 ... 999) or a file (one name per line, or folder<TAB>name)")
@@ -180,7 +183,7 @@ def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, r
         "task": args.command,
         **identity,
         **({"seed": args.seed} if args.seed is not None else {}),
-        "data": str(Path(args.data).resolve()),
+        "data": args.data if "://" in args.data else str(Path(args.data).resolve()),
         "dataset": evalset.name,
         **task_options,
         **result.sizes,

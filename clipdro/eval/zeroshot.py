@@ -20,6 +20,7 @@ import numpy as np
 import open_clip
 import torch
 
+from clipdro.data.eval_converters import is_clip_benchmark_set, read_clip_benchmark_set
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageError
 from clipdro.eval.embed import inference_mode
@@ -36,14 +37,18 @@ TEMPLATE_SETS: dict[str, Sequence[Template]] = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def load_labelled_set(path: str | Path) -> EvalSet:
-    """An EvalSet with labels: a clipdro eval.json folder, or an ImageFolder tree
-    (one subfolder per class, classes = sorted subfolder names, like torchvision)."""
-    path = Path(path)
-    if not path.exists():
+def load_labelled_set(path: str | Path, split: str = "test") -> EvalSet:
+    """An EvalSet with labels: a clipdro eval.json folder, a set in CLIP_benchmark's webdataset layout
+    (folder or URL; its ``split``), or an ImageFolder tree (one subfolder per class, classes = sorted
+    subfolder names, like torchvision)."""
+    if is_clip_benchmark_set(path, split):
+        evalset = read_clip_benchmark_set(path, split)
+    elif not Path(path).exists():
         raise UsageError(f"no such data path: {path}")
-    evalset = EvalSet.load(path) if not path.is_dir() or (path / "eval.json").is_file() \
-        else _evalset_from_imagefolder(path)
+    else:
+        path = Path(path)
+        evalset = EvalSet.load(path) if not path.is_dir() or (path / "eval.json").is_file() \
+            else _evalset_from_imagefolder(path)
     if not evalset.has_labels:
         raise UsageError(f"evaluation set {evalset.name!r} has no labels for zero-shot classification")
     return evalset
