@@ -55,6 +55,12 @@ def test_acc5_is_nan_below_five_classes_and_ties_are_pessimistic():
     assert metrics["mean_per_class_recall"] == 0.5
 
 
+def test_nan_scores_rank_last():
+    nan = float("nan")
+    scores = torch.tensor([[nan, nan, nan], [nan, 0.2, 0.1], [0.3, nan, 0.1]])
+    assert zeroshot_ranks(scores, [0, 1, 1]).tolist() == [2, 0, 2]
+
+
 def test_classname_and_template_sources(tmp_path):
     evalset = EvalSet(root=tmp_path, name="s", images=["a.png"], labels=[1], classnames=["cat", "dog"],
                       templates=["a {}."])

@@ -12,6 +12,7 @@ per-image rank of the true class that all three metrics are computed from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -287,7 +288,9 @@ def zeroshot_metrics(scores: torch.Tensor, labels: torch.Tensor | Sequence[int])
 def zeroshot_ranks(scores: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> np.ndarray:
     """Per image, the 0-based pessimistic rank of its true class: the number of other classes
     scoring >= it (int64 [N]; top-k hit when rank < k)."""
-    scores = scores.float().cpu()
+    # A NaN score (a diverged linear-probe head) ranks last: as -inf it ties with, and so counts behind,
+    # every other class (NaN >= x would be False and give rank -1).
+    scores = torch.nan_to_num(scores.float().cpu(), nan=-math.inf)
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     true_scores = scores.gather(1, labels[:, None])
     return ((scores >= true_scores).sum(dim=1) - 1).numpy().astype(np.int64)
