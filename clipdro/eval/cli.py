@@ -178,19 +178,22 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
 
     def add_model_and_data(sub: argparse.ArgumentParser, data_help: str) -> None:
+        add_model(sub)
+        sub.add_argument("--data", required=True, help=data_help)
+        sub.add_argument("--output", help="write the results JSON here")
+
+    def add_model(sub: argparse.ArgumentParser) -> None:
         weights = sub.add_mutually_exclusive_group(required=True)
         weights.add_argument("--model", help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
         weights.add_argument("--checkpoint", help="a clipdro training run folder (its newest checkpoint) "
                                                   "or checkpoint file")
         sub.add_argument("--pretrained",
                          help="open_clip pretrained tag or weights file (default: random init)")
-        sub.add_argument("--data", required=True, help=data_help)
         sub.add_argument("--batch-size", type=int, default=64)
         sub.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
         sub.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
         sub.add_argument("--precision", choices=EVAL_PRECISIONS, default="auto",
                          help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU")
-        sub.add_argument("--output", help="write the results JSON here")
         sub.add_argument("--seed", type=int, default=None,
                          help="seed torch before the model is built, so a random-init --model is reproducible "
                               "(recorded in the results file)")
@@ -227,6 +230,14 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="use this weight decay instead of choosing one (trains on the whole training split)")
     probe.add_argument("--probe-seed", type=int, default=0,
                        help="seed of the held-out split, the head's initialisation and batch order")
+
+    suite = commands.add_parser("suite", help="several tasks from a YAML file on one model, loaded once: "
+                                              "one results file per task and a summary table")
+    suite.add_argument("suite", metavar="SUITE.yaml", help="tasks: [{task: retrieval|zeroshot|linear-probe, "
+                                                           "data: ..., <options>}, ...] (docs/evaluation.md)")
+    add_model(suite)
+    suite.add_argument("--output-dir", help="folder of the result files and summary (default: the file's "
+                                            "output_dir, else results/<suite file stem>)")
 
     summarize = commands.add_parser("summarize", help="table of result JSON files")
     summarize.add_argument("results", nargs="+", help="result JSON files")
