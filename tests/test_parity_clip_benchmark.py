@@ -95,3 +95,55 @@ def test_zeroshot_wds_layout_matches_clip_benchmark(exported, tmp_path):
                                                  "cpu", amp=False)
     ours = _ours(exported, tmp_path, "zeroshot", "--data", str(exported / "wds"))  # its classnames and templates
     _assert_close(ours, reference, TOLERANCE)
+
+
+def test_linear_probe_agrees_with_clip_benchmark_within_a_point(exported, tmp_path, monkeypatch):
+    """Same frozen features and hyperparameters (lr, epochs, batch, 20 % held out for the weight-decay
+    search); the optimisers differ in their random streams (CLIP_benchmark: global RNG, its own
+    random_split; clipdro: a seeded generator), so agreement is within 1 point, not exact.
+
+    CLIP_benchmark's linear probe runs only on CUDA: its features are computed here on the CPU with its
+    own ``Featurizer`` and put in its feature cache, and ``.cuda()`` is made a no-op, so that its
+    ``evaluate`` trains and scores on the CPU."""
+    train_labels = [label for label in range(7) for _ in range(10)]
+    images = write_clip_benchmark_classification(tmp_path / "lp", train_labels, CLASSNAMES, TEMPLATES,
+                                                 split="train", first_index=500)
+    write_imagefolder(tmp_path / "train", images, train_labels, [f"c{label}" for label in range(7)])
+    hyper = {"lr": 0.1, "epochs": 10, "batch_size": 16}
+
+    model, preprocess, _ = _reference_model(exported)
+    featurizer = clip_benchmark_linear_probe.Featurizer(model, normalize=True)
+    import torchvision
+
+    def features_of(folder):
+        dataset = torchvision.datasets.ImageFolder(str(folder), transform=preprocess)
+        with torch.no_grad():
+            batches = [(featurizer(x), y) for x, y in torch.utils.data.DataLoader(dataset, batch_size=32)]
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    train_x, train_y = features_of(tmp_path / "train")
+    test_x, test_y = features_of(exported / "tree")
+    held_out = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+    val_index, fit_index = held_out[:len(train_x) // 5], held_out[len(train_x) // 5:]
+    cache = tmp_path / "features" / "tiny"
+    cache.mkdir(parents=True)
+    splits = {"train": (train_x[fit_index], train_y[fit_index]), "val": (train_x[val_index], train_y[val_index]),
+              "test": (test_x, test_y)}
+    for split, (x, y) in splits.items():
+        torch.save(x, cache / f"features_{split}.pt")
+        torch.save(y, cache / f"targets_{split}.pt")
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *args, **kwargs: self)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    real_train, real_infer = clip_benchmark_linear_probe.train, clip_benchmark_linear_probe.infer
+    monkeypatch.setattr(clip_benchmark_linear_probe, "train", lambda *args: real_train(*args[:7], "cpu", *args[8:]))
+    monkeypatch.setattr(clip_benchmark_linear_probe, "infer", lambda *args: real_infer(*args[:3], "cpu"))
+    torch.manual_seed(0)
+    reference = clip_benchmark_linear_probe.evaluate(
+        model, None, None, fewshot_k=-1, batch_size=hyper["batch_size"], num_workers=0, lr=hyper["lr"],
+        epochs=hyper["epochs"], model_id="tiny", seed=0, feature_root=str(tmp_path / "features"), device="cuda",
+        val_dataloader=[], normalize=True, amp=False)
+    monkeypatch.undo()
+    ours = _ours(exported, tmp_path, "linear-probe", "--train", str(tmp_path / "train"),
+                 "--data", str(exported / "tree"), "--lr", str(hyper["lr"]), "--epochs", str(hyper["epochs"]),
+                 "--probe-batch-size", str(hyper["batch_size"]))
+    _assert_close(ours, {name: reference[f"lp_{name}"] for name in ("acc1", "acc5", "mean_per_class_recall")}, 0.01)
