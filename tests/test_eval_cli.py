@@ -4,6 +4,7 @@ exit codes, result-file structure and the summary table (random weights: no accu
 import json
 
 import numpy as np
+import open_clip
 import pytest
 from PIL import Image
 
@@ -195,3 +196,40 @@ def test_a_truncated_image_is_named_in_one_line(task, workers, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("clipdro eval: error: 1 unreadable image in evaluation set 'cut'")
     assert "images/5.jpg (" in err
+
+
+def _imagefolder_tree(root, folders):
+    rng = np.random.default_rng(1)
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / folder / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("folders, labels, num_classes", [
+    (("0", "1", "10", "100", "2"), [0, 1, 10, 100, 2], 1000),  # ImageNetV2: label = the folder's number
+    (("n01443537", "n01440764", "n04592741"), [0, 1, 2], 3),  # a wnid subset (ImageNet-R / -A style)
+])
+def test_zeroshot_imagenet_classnames_record_the_classes_scored(tmp_path, folders, labels, num_classes):
+    data = _imagefolder_tree(tmp_path / "tree", folders)
+    (tmp_path / "one.txt").write_text("a photo of a {}.\n")
+    output = tmp_path / "result.json"
+    assert main(["eval", "zeroshot", "--model", "clipdro-tiny-vit", "--data", str(data), "--device", "cpu",
+                 "--classnames", "imagenet", "--templates", str(tmp_path / "one.txt"), "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert record["num_classes"] == num_classes and len(record["classes"]) == num_classes
+    assert record["per_query"]["label"] == labels
+    wnids = ["n01440764", "n01443537", "n04592741"]  # ImageNet labels 0, 1, 908
+    for image_label, folder in zip(labels, sorted(folders), strict=True):  # images are listed in sorted-folder order
+        scored = record["classes"][image_label]
+        assert scored["folder"] == folder
+        imagenet_label = int(folder) if folder.isdigit() else [0, 1, 908][wnids.index(folder)]
+        assert scored["name"] == open_clip.IMAGENET_CLASSNAMES[imagenet_label]
+
+
+def test_zeroshot_imagenet_classnames_refuse_an_unknown_folder(tmp_path, capsys):
+    data = _imagefolder_tree(tmp_path / "tree", ("n01440764", "kittens"))
+    assert main(["eval", "zeroshot", "--model", "clipdro-tiny-vit", "--data", str(data), "--device", "cpu",
+                 "--classnames", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "folder 'kittens' of 'tree' is neither an ImageNet-1k wnid" in err

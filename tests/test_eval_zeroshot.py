@@ -4,6 +4,7 @@ features are known in advance (colour images, colour-word prompts)."""
 import math
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -15,8 +16,11 @@ from clipdro.eval.tasks import evaluate_zeroshot
 from clipdro.eval.zeroshot import (
     build_classifier,
     default_template_source,
+    imagenet_classes,
+    imagenet_wnids,
     load_labelled_set,
     metrics_from_ranks,
+    resolve_classes,
     resolve_classnames,
     resolve_templates,
     zeroshot_metrics,
@@ -51,11 +55,16 @@ def test_acc5_is_nan_below_five_classes_and_ties_are_pessimistic():
     assert metrics["mean_per_class_recall"] == 0.5
 
 
+def test_nan_scores_rank_last():
+    nan = float("nan")
+    scores = torch.tensor([[nan, nan, nan], [nan, 0.2, 0.1], [0.3, nan, 0.1]])
+    assert zeroshot_ranks(scores, [0, 1, 1]).tolist() == [2, 0, 2]
+
+
 def test_classname_and_template_sources(tmp_path):
     evalset = EvalSet(root=tmp_path, name="s", images=["a.png"], labels=[1], classnames=["cat", "dog"],
                       templates=["a {}."])
     assert resolve_classnames("evalset", evalset) == ["cat", "dog"]
-    assert len(resolve_classnames("imagenet", evalset)) == 1000
     names = tmp_path / "names.txt"
     names.write_text("tabby\n\n  puppy \n")
     assert resolve_classnames(str(names), evalset) == ["tabby", "puppy"]
@@ -201,3 +210,58 @@ def test_tab_classname_file_on_an_eval_json_set_uses_the_image_folders(tmp_path)
                      classnames=["a", "b"])
     with pytest.raises(UsageError, match="share an image folder"):
         resolve_classnames(str(names), shared)
+
+
+def test_imagenet_wnids_are_open_clips_label_order():
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and wnids[:2] == ["n01440764", "n01443537"] and wnids == sorted(wnids)
+    assert len(open_clip.IMAGENET_CLASSNAMES) == 1000 and open_clip.IMAGENET_CLASSNAMES[0] == "tench"
+
+
+def test_imagenet_v2_numeric_folders_are_labelled_by_their_number(tmp_path):
+    # Sorted as strings these are 0, 1, 10, 100, 2, 999: the old positional mapping named folder 10 "goldfish".
+    evalset = _imagefolder(tmp_path / "v2", classes=("0", "1", "10", "100", "2", "999"))
+    classes = imagenet_classes(evalset)
+    assert [evalset.classnames[label] for label in evalset.labels] == ["0", "1", "10", "100", "2", "999"]
+    assert classes.labels == [0, 1, 10, 100, 2, 999]  # label = the number, 1,000-way
+    assert classes.names == list(open_clip.IMAGENET_CLASSNAMES)
+    assert classes.folders == [str(label) for label in range(1000)]
+    relabelled = classes.apply(evalset)
+    assert [relabelled.classnames[label] for label in relabelled.labels][2] == open_clip.IMAGENET_CLASSNAMES[10]
+    assert relabelled.images == evalset.images and evalset.labels == [0, 1, 2, 3, 4, 5]  # the input is untouched
+
+
+def test_imagenet_r_style_wnid_subset_is_scored_over_exactly_its_classes(tmp_path):
+    wnids = imagenet_wnids()
+    subset = (wnids[980], wnids[1], wnids[407], wnids[2])  # like ImageNet-R / -A: 200 of the 1,000
+    evalset = _imagefolder(tmp_path / "r", classes=subset)
+    classes = resolve_classes("imagenet", evalset)
+    assert classes.folders == [wnids[1], wnids[2], wnids[407], wnids[980]]  # ImageNet label order
+    assert classes.names == [open_clip.IMAGENET_CLASSNAMES[i] for i in (1, 2, 407, 980)]
+    assert classes.record()[2] == {"folder": wnids[407], "name": open_clip.IMAGENET_CLASSNAMES[407]}
+    relabelled = classes.apply(evalset)
+    for image, label in zip(relabelled.images, relabelled.labels, strict=True):  # every image: its folder's name
+        assert relabelled.classnames[label] == open_clip.IMAGENET_CLASSNAMES[wnids.index(image.split("/")[0])]
+
+
+@pytest.mark.parametrize("classes, named", [
+    (("n01440764", "n99999999"), "folder 'n99999999' of 'val' is neither an ImageNet-1k wnid"),
+    (("n01440764", "cats"), "folder 'cats' of 'val' is neither"),
+    (("0", "1", "1000"), "folder '1000' of 'val' is not an ImageNetV2 class number"),
+    (("0", "007"), "folder '007' of 'val' is not an ImageNetV2 class number"),
+    (("0", "n01440764"), "folder 'n01440764' of 'val' is not an ImageNetV2 class number"),
+])
+def test_imagenet_classnames_refuse_a_folder_that_is_neither(tmp_path, classes, named):
+    evalset = _imagefolder(tmp_path / "val", classes=classes)
+    with pytest.raises(UsageError, match=named):
+        resolve_classes("imagenet", evalset)
+
+
+def test_evalset_and_file_classes_keep_the_labels_and_record_the_folders(tmp_path):
+    evalset = _imagefolder(tmp_path / "val")
+    classes = resolve_classes("evalset", evalset)
+    assert classes.labels == evalset.labels and classes.names == ["n01", "n02", "n03"]
+    assert classes.record()[0] == {"folder": "n01", "name": "n01"}
+    flat = EvalSet(root=tmp_path, name="flat", images=["images/0.png", "images/1.png"], labels=[0, 1],
+                   classnames=["a", "b"])
+    assert resolve_classes("evalset", flat).record() == [{"folder": None, "name": "a"}, {"folder": None, "name": "b"}]

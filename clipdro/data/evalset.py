@@ -40,10 +40,18 @@ class EvalSet:
     labels: list[int] | None = None
     classnames: list[str] | None = None
     templates: list[str] | None = None
+    # Encoded image bytes, one per image, for a set read from shards (CLIP_benchmark's webdataset
+    # layout); ``images`` then only names them. Never written by :meth:`save`.
+    image_data: list[bytes] | None = None
 
     def image_path(self, index: int) -> Path:
         path = Path(self.images[index])
         return path if path.is_absolute() else self.root / path
+
+    def image_source(self, index: int) -> Path | bytes:
+        """What :func:`clipdro.eval.embed.embed_images` reads for image ``index``: its bytes when the
+        set holds them, else its file."""
+        return self.image_data[index] if self.image_data is not None else self.image_path(index)
 
     @property
     def description(self) -> str:
@@ -60,7 +68,7 @@ class EvalSet:
 
         def failure(index: int) -> tuple[str, str] | None:
             try:
-                load_image(self.image_path(index)).close()
+                load_image(self.image_source(index)).close()
             except UnreadableImage as error:
                 return self.images[index], error.reason
             return None
@@ -107,6 +115,8 @@ class EvalSet:
             bad = [label for label in self.labels if not 0 <= label < len(self.classnames)]
             if bad:
                 raise UsageError(f"{self.name}: label {bad[0]} outside [0, {len(self.classnames)})")
+        if self.image_data is not None and len(self.image_data) != count:
+            raise UsageError(f"{self.name}: {len(self.image_data)} encoded images for {count} names")
         if self.templates is not None and any("{}" not in template for template in self.templates):
             raise UsageError(f"{self.name}: every template needs a '{{}}' placeholder")
 

@@ -1,10 +1,15 @@
-"""`clipdro eval retrieval|zeroshot|summarize|compare`: benchmark a model on an evaluation set, tabulate
-and compare results.
+"""`clipdro eval retrieval|zeroshot|linear-probe|suite|summarize|compare`: benchmark a model on evaluation
+sets, tabulate and compare results.
 
     clipdro eval retrieval (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
                            --data EVALSET_DIR [--recall-k 1 5 10] [--exact-ranks] [--output results.json]
     clipdro eval zeroshot  (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE) --data DIR
                            [--classnames evalset|imagenet|FILE] [--templates openai|simple|evalset|FILE]
+    clipdro eval linear-probe (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
+                           --train TRAIN_DIR --data TEST_DIR [--lr 0.1] [--epochs 10] [--val-proportion 0.2]
+                           [--weight-decay WD] [--probe-seed 0]
+    clipdro eval suite SUITE.yaml (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
+                       [--output-dir DIR]
     clipdro eval summarize results/*.json [--format markdown|csv] [--output FILE]
     clipdro eval compare A.json B.json [A2.json B2.json ...] [--bootstrap 10000] [--seed 0]
                          [--format markdown|csv] [--output FILE]
@@ -20,17 +25,21 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clipdro.data.eval_converters import load_evalset
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.eval import compare, retrieval
 from clipdro.eval.faiss_backend import load_faiss
+from clipdro.eval.linear_probe import ProbeOptions, evaluate_linear_probe
 from clipdro.eval.results import load_results, run_environment, summary_table, write_results
 from clipdro.eval.tasks import Preprocess, TaskResult, Tokenizer, evaluate_retrieval, evaluate_zeroshot
 from clipdro.eval.zeroshot import (
     TEMPLATE_SETS,
+    ScoredClasses,
+    Template,
     default_template_source,
     load_labelled_set,
-    resolve_classnames,
+    resolve_classes,
     resolve_templates,
 )
 from clipdro.model_configs import register_model_configs
@@ -44,42 +53,87 @@ def main(argv: list[str] | None = None) -> int:
         return _summarize(args)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "suite":
+        from clipdro.eval.suite import run_suite
+
+        return run_suite(args, build_parser=_build_parser)
     args.device = parse_device(args.device)
     # Data and faiss first: a wrong path or a broken faiss install should fail before a (possibly slow)
     # model load and embedding pass, not after it.
-    if args.command == "retrieval":
-        evalset = EvalSet.load(args.data)
-        if not args.exact_ranks:
-            load_faiss()
-    else:
-        evalset = load_labelled_set(args.data)
-        template_source = args.templates or default_template_source(evalset)
-        classnames = resolve_classnames(args.classnames, evalset)
-        templates = resolve_templates(template_source, evalset)
+    task = prepare_task(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    loaded = load_model(args)
-    model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
-    loader_options = {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
-                      "num_workers": args.workers}
-    if args.command == "retrieval":
-        result = evaluate_retrieval(model, preprocess, tokenizer, evalset, args.recall_k,
-                                    exact_ranks=args.exact_ranks, **loader_options)
-        task_options = {"recall_k": args.recall_k,
-                        "retrieval_backend": retrieval.search_backend(
-                            args.recall_k, (result.sizes["num_images"], result.sizes["num_texts"]),
-                            exact_ranks=args.exact_ranks)}
-    else:
-        result = evaluate_zeroshot(model, preprocess, tokenizer, evalset, classnames, templates,
-                                   **loader_options)
-        task_options = {"classnames": args.classnames, "templates": template_source}
-    record = _result_record(args, loaded.identity, evalset, result, task_options)
+    record = run_task(args, task, load_model(args))
     text = json.dumps(record["metrics"], indent=2)
     if args.output:
         write_results(args.output, record)
         text += f"\nwrote {args.output}"
     print(text)
     return 0
+
+
+@dataclass
+class PreparedTask:
+    """A task's inputs, read and checked before any model is loaded."""
+
+    evalset: EvalSet  # the scored set (zero-shot: relabelled to the classes scored)
+    classes: ScoredClasses | None = None  # zero-shot
+    templates: list[Template] | None = None  # zero-shot
+    template_source: str | None = None  # zero-shot
+    train_set: EvalSet | None = None  # linear probe
+
+
+def prepare_task(args: argparse.Namespace) -> PreparedTask:
+    """Read and check the data of ``args.command`` (retrieval, zeroshot, linear-probe)."""
+    if args.command == "retrieval":
+        evalset = load_evalset(args.data)
+        if not args.exact_ranks:
+            load_faiss()
+        return PreparedTask(evalset)
+    evalset = load_labelled_set(args.data)
+    if args.command == "linear-probe":
+        return PreparedTask(evalset, train_set=load_labelled_set(args.train, split="train"))
+    template_source = args.templates or default_template_source(evalset)
+    classes = resolve_classes(args.classnames, evalset)
+    templates = resolve_templates(template_source, evalset)
+    return PreparedTask(classes.apply(evalset), classes, templates, template_source)
+
+
+def run_task(args: argparse.Namespace, task: PreparedTask, loaded: LoadedModel) -> dict:
+    """Evaluate ``loaded`` on a prepared task; the results record (what ``--output`` writes)."""
+    model, preprocess, tokenizer = loaded.model, loaded.preprocess, loaded.tokenizer
+    loader_options = {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
+                      "num_workers": args.workers}
+    if args.command == "retrieval":
+        result = evaluate_retrieval(model, preprocess, tokenizer, task.evalset, args.recall_k,
+                                    exact_ranks=args.exact_ranks, **loader_options)
+        task_options = {"recall_k": args.recall_k,
+                        "retrieval_backend": retrieval.search_backend(
+                            args.recall_k, (result.sizes["num_images"], result.sizes["num_texts"]),
+                            exact_ranks=args.exact_ranks)}
+    elif args.command == "linear-probe":
+        options = ProbeOptions(lr=args.lr, epochs=args.epochs, batch_size=args.probe_batch_size,
+                               val_proportion=args.val_proportion, weight_decay=args.weight_decay,
+                               seed=args.probe_seed)
+        result, fit = evaluate_linear_probe(model, preprocess, task.train_set, task.evalset, options,
+                                            **loader_options)
+        task_options = {"train_data": _data_location(args.train), "train_dataset": task.train_set.name,
+                        "lr": options.lr, "epochs": options.epochs, "probe_batch_size": options.batch_size,
+                        "val_proportion": None if args.weight_decay is not None else options.val_proportion,
+                        "probe_seed": options.seed, "weight_decay": fit.weight_decay,
+                        "validation_acc1": {repr(decay): acc for decay, acc in fit.validation_acc1.items()},
+                        "classes": [{"folder": None, "name": name} for name in task.train_set.classnames]}
+    else:
+        result = evaluate_zeroshot(model, preprocess, tokenizer, task.evalset, task.classes.names, task.templates,
+                                   **loader_options)
+        task_options = {"classnames": args.classnames, "templates": task.template_source,
+                        "classes": task.classes.record()}
+    return _result_record(args, loaded.identity, task.evalset, result, task_options)
+
+
+def _data_location(data: str) -> str:
+    """How a results file records a data path: a URL as given, a path absolute."""
+    return data if "://" in data else str(Path(data).resolve())
 
 
 @dataclass
@@ -124,36 +178,66 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=UsageArgumentParser)
 
     def add_model_and_data(sub: argparse.ArgumentParser, data_help: str) -> None:
+        add_model(sub)
+        sub.add_argument("--data", required=True, help=data_help)
+        sub.add_argument("--output", help="write the results JSON here")
+
+    def add_model(sub: argparse.ArgumentParser) -> None:
         weights = sub.add_mutually_exclusive_group(required=True)
         weights.add_argument("--model", help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
         weights.add_argument("--checkpoint", help="a clipdro training run folder (its newest checkpoint) "
                                                   "or checkpoint file")
         sub.add_argument("--pretrained",
                          help="open_clip pretrained tag or weights file (default: random init)")
-        sub.add_argument("--data", required=True, help=data_help)
         sub.add_argument("--batch-size", type=int, default=64)
         sub.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
         sub.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
         sub.add_argument("--precision", choices=EVAL_PRECISIONS, default="auto",
                          help="auto: bf16 autocast on CUDA (fp16 without bf16), fp32 on the CPU")
-        sub.add_argument("--output", help="write the results JSON here")
         sub.add_argument("--seed", type=int, default=None,
                          help="seed torch before the model is built, so a random-init --model is reproducible "
                               "(recorded in the results file)")
 
     retrieval = commands.add_parser("retrieval", help="image-text retrieval recall@K (FAISS)")
-    add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json)")
+    add_model_and_data(retrieval, "evaluation-set folder with captions (eval.json), or a CLIP_benchmark "
+                                  "webdataset retrieval set (folder or URL with test/nshards.txt)")
     retrieval.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], metavar="K")
     retrieval.add_argument("--exact-ranks", action="store_true",
                            help="brute-force scores; adds mean and median rank of the first positive")
 
     zeroshot = commands.add_parser("zeroshot", help="zero-shot classification: acc1, acc5, per-class recall")
-    add_model_and_data(zeroshot, "evaluation-set folder with labels, or an ImageFolder tree")
+    add_model_and_data(zeroshot, "evaluation-set folder with labels, an ImageFolder tree, or a CLIP_benchmark "
+                                 "webdataset set (folder or URL with test/nshards.txt, classnames.txt)")
     zeroshot.add_argument("--classnames", default="evalset",
-                          help="evalset, imagenet or a file (one name per line)")
+                          help="evalset, imagenet (by class folder: ImageNet wnids, a subset of them, or "
+                               "ImageNetV2's 0 ... 999) or a file (one name per line, or folder<TAB>name)")
     zeroshot.add_argument("--templates", default=None,
                           help=f"{', '.join(TEMPLATE_SETS)}, evalset or a file with one '{{}}' template "
                                "per line (default: the set's templates if any, else openai)")
+
+    probe = commands.add_parser("linear-probe", help="logistic-regression head on frozen image features: "
+                                                     "acc1, acc5, per-class recall")
+    add_model_and_data(probe, "test split: evaluation-set folder with labels, an ImageFolder tree, or a "
+                              "CLIP_benchmark webdataset set (its test/ split)")
+    probe.add_argument("--train", required=True,
+                       help="training split, same kinds as --data (a CLIP_benchmark webdataset set: its train/ split)")
+    probe.add_argument("--lr", type=float, default=0.1, help="AdamW learning rate (cosine decay; default 0.1)")
+    probe.add_argument("--epochs", type=int, default=10)
+    probe.add_argument("--probe-batch-size", type=int, default=64, help="feature mini-batch of the head's training")
+    probe.add_argument("--val-proportion", type=float, default=0.2,
+                       help="share of the training split held out to choose the weight decay (default 0.2)")
+    probe.add_argument("--weight-decay", type=float, default=None,
+                       help="use this weight decay instead of choosing one (trains on the whole training split)")
+    probe.add_argument("--probe-seed", type=int, default=0,
+                       help="seed of the held-out split, the head's initialisation and batch order")
+
+    suite = commands.add_parser("suite", help="several tasks from a YAML file on one model, loaded once: "
+                                              "one results file per task and a summary table")
+    suite.add_argument("suite", metavar="SUITE.yaml", help="tasks: [{task: retrieval|zeroshot|linear-probe, "
+                                                           "data: ..., <options>}, ...] (docs/evaluation.md)")
+    add_model(suite)
+    suite.add_argument("--output-dir", help="folder of the result files and summary (default: the file's "
+                                            "output_dir, else results/<suite file stem>)")
 
     summarize = commands.add_parser("summarize", help="table of result JSON files")
     summarize.add_argument("results", nargs="+", help="result JSON files")
@@ -178,7 +262,7 @@ def _result_record(args: argparse.Namespace, identity: dict, evalset: EvalSet, r
         "task": args.command,
         **identity,
         **({"seed": args.seed} if args.seed is not None else {}),
-        "data": str(Path(args.data).resolve()),
+        "data": _data_location(args.data),
         "dataset": evalset.name,
         **task_options,
         **result.sizes,

@@ -113,7 +113,7 @@ def per_query_metrics(record: Mapping, source: str = "result") -> dict[str, Quer
             direction, k = match.group(1), int(match.group(2))
             metrics[name] = QueryMetric("captions" if direction == "image" else "images",
                                         (ranks[direction] < k).astype(np.float64))
-    elif task == "zeroshot":
+    elif task in ("zeroshot", "linear-probe"):  # both store true-class ranks
         ranks = _int_vector(per_query, "true_class_rank", record.get("num_images"), source)
         labels = _int_vector(per_query, "label", record.get("num_images"), source)
         top1 = (ranks < 1).astype(np.float64)
@@ -123,7 +123,8 @@ def per_query_metrics(record: Mapping, source: str = "result") -> dict[str, Quer
         metrics = {name: built[name] for name, value in record["metrics"].items()
                    if name in built and value is not None}
     else:
-        raise UsageError(f"{source}: task {task!r} cannot be compared (retrieval or zeroshot results only)")
+        raise UsageError(f"{source}: task {task!r} cannot be compared "
+                         "(retrieval, zeroshot or linear-probe results only)")
     for name, metric in metrics.items():
         stored, recomputed = record["metrics"][name], metric_value(metric)
         if not isinstance(stored, int | float) or not math.isclose(recomputed, stored, rel_tol=1e-9, abs_tol=1e-12):

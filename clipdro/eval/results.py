@@ -93,11 +93,12 @@ def load_results(paths: Iterable[str | Path]) -> list[dict]:
 
 
 def summary_table(records: Sequence[dict], fmt: str = "markdown") -> str:
-    """One row per result: identifying columns (with checkpoint, step, loss when any result has a
-    checkpoint), then every metric seen (blank where absent).
+    """One row per result: identifying columns (a suite task's name first when any result has one;
+    checkpoint, step, loss when any result has a checkpoint), then every metric seen (blank where absent).
     Markdown rounds metrics to 4 decimals for reading; CSV keeps full precision."""
     metric_names = list(dict.fromkeys(name for record in records for name in record["metrics"]))
-    id_columns = [*ID_COLUMNS, *(CHECKPOINT_COLUMNS if any("checkpoint" in record for record in records) else ())]
+    id_columns = [*(("name",) if any("name" in record for record in records) else ()), *ID_COLUMNS,
+                  *(CHECKPOINT_COLUMNS if any("checkpoint" in record for record in records) else ())]
     header = [*id_columns, *metric_names]
     rows = [[_cell(record.get(column)) for column in id_columns]
             + [_cell(record["metrics"].get(name), fmt == "markdown") for name in metric_names]

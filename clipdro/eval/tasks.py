@@ -50,7 +50,7 @@ def evaluate_retrieval(
     exact_ranks: bool = False,
 ) -> TaskResult:
     texts, text_to_image = evalset.flat_captions()  # raises UsageError for a set without captions
-    paths = [evalset.image_path(i) for i in range(len(evalset.images))]
+    paths = [evalset.image_source(i) for i in range(len(evalset.images))]
     started = time.perf_counter()
     image_features = embed_images(model, preprocess, paths, batch_size, device, num_workers, precision,
                                   names=evalset.images, where=evalset.description)
@@ -86,7 +86,7 @@ def evaluate_zeroshot(
 ) -> TaskResult:
     if not evalset.has_labels:
         raise UsageError(f"evaluation set {evalset.name!r} has no labels for zero-shot classification")
-    paths = [evalset.image_path(i) for i in range(len(evalset.images))]
+    paths = [evalset.image_source(i) for i in range(len(evalset.images))]
     started = time.perf_counter()
     classifier = build_classifier(model, tokenizer, classnames, templates, device, precision=precision)
     built = time.perf_counter()

@@ -12,13 +12,16 @@ per-image rank of the true class that all three metrics are computed from.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
 
+from clipdro.data.eval_converters import is_clip_benchmark_set, read_clip_benchmark_set
 from clipdro.data.evalset import EvalSet
 from clipdro.errors import UsageError
 from clipdro.eval.embed import inference_mode
@@ -35,34 +38,101 @@ TEMPLATE_SETS: dict[str, Sequence[Template]] = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def load_labelled_set(path: str | Path) -> EvalSet:
-    """An EvalSet with labels: a clipdro eval.json folder, or an ImageFolder tree
-    (one subfolder per class, classes = sorted subfolder names, like torchvision)."""
-    path = Path(path)
-    if not path.exists():
+def load_labelled_set(path: str | Path, split: str = "test") -> EvalSet:
+    """An EvalSet with labels: a clipdro eval.json folder, a set in CLIP_benchmark's webdataset layout
+    (folder or URL; its ``split``), or an ImageFolder tree (one subfolder per class, classes = sorted
+    subfolder names, like torchvision)."""
+    if is_clip_benchmark_set(path, split):
+        evalset = read_clip_benchmark_set(path, split)
+    elif not Path(path).exists():
         raise UsageError(f"no such data path: {path}")
-    evalset = EvalSet.load(path) if not path.is_dir() or (path / "eval.json").is_file() \
-        else _evalset_from_imagefolder(path)
+    else:
+        path = Path(path)
+        evalset = EvalSet.load(path) if not path.is_dir() or (path / "eval.json").is_file() \
+            else _evalset_from_imagefolder(path)
     if not evalset.has_labels:
         raise UsageError(f"evaluation set {evalset.name!r} has no labels for zero-shot classification")
     return evalset
 
 
+@dataclass
+class ScoredClasses:
+    """The classes a zero-shot run scores, in label order, and every image's label among them."""
+
+    names: list[str]  # the readable name each class's prompts are built from
+    folders: list[str | None]  # the folder each class's images sit in (None: the set has none per class)
+    labels: list[int]  # per image, in the set's image order
+
+    def record(self) -> list[dict]:
+        """What a results file records: ``[{"folder": ..., "name": ...}, ...]`` in label order."""
+        return [{"folder": folder, "name": name} for folder, name in zip(self.folders, self.names, strict=True)]
+
+    def apply(self, evalset: EvalSet) -> EvalSet:
+        """``evalset`` with these labels and class names (a copy; the images are shared)."""
+        return replace(evalset, labels=list(self.labels), classnames=list(self.names))
+
+
+def resolve_classes(source: str, evalset: EvalSet) -> ScoredClasses:
+    """The classes ``--classnames SOURCE`` scores on ``evalset``: ``imagenet`` maps class folders to
+    ImageNet names (:func:`imagenet_classes`); ``evalset`` and files keep the set's labels."""
+    if source == "imagenet":
+        return imagenet_classes(evalset)
+    names = resolve_classnames(source, evalset)
+    folders = _known_class_folders(evalset)
+    folders += [None] * (len(names) - len(folders))  # a name file may name classes no image has
+    return ScoredClasses(names=names, folders=folders, labels=list(evalset.labels or []))
+
+
 def resolve_classnames(source: str, evalset: EvalSet) -> list[str]:
-    """``evalset`` (the set's own names), ``imagenet`` (open_clip's 1000) or a text file.
+    """``evalset`` (the set's own names) or a text file, in the set's label order.
 
     The file is either one name per line, in label order, or ``folder<TAB>name`` on every line,
     matched to the set's class folders (:func:`class_folders`) whatever the line order."""
-    if source == "evalset":
-        classnames = list(evalset.classnames)
-    elif source == "imagenet":
-        classnames = list(open_clip.IMAGENET_CLASSNAMES)
-    else:
-        classnames = read_classnames(source, evalset)
+    if source == "imagenet":
+        raise UsageError("--classnames imagenet maps class folders to labels: use resolve_classes")
+    classnames = list(evalset.classnames) if source == "evalset" else read_classnames(source, evalset)
     largest_label = max(evalset.labels)
     if largest_label >= len(classnames):
         raise UsageError(f"label {largest_label} has no class name ({len(classnames)} names from {source})")
     return classnames
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1,000 ImageNet-1k wnids in label order (timm's ``imagenet_synsets.txt``); open_clip's
+    ``IMAGENET_CLASSNAMES`` are in the same order."""
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo("imagenet-1k").label_names())
+
+
+def imagenet_classes(evalset: EvalSet) -> ScoredClasses:
+    """ImageNet names for ``evalset``'s class folders, by folder name, never by sorted position.
+
+    - numeric folders ``0 ... 999`` (ImageNetV2): label = the number, scored 1,000-way;
+    - wnid folders (``n01440764``, ...), all 1,000 or any subset (ImageNet-R, -A): scored over
+      exactly those classes, in ImageNet label order, each with its ImageNet name.
+    Any other folder is refused, named."""
+    folders = class_folders(evalset)
+    labels = evalset.labels or []
+    if any(folder.isdigit() for folder in folders):
+        odd = next((folder for folder in folders if not (folder.isdigit() and str(int(folder)) == folder
+                                                          and int(folder) < len(open_clip.IMAGENET_CLASSNAMES))),
+                   None)
+        if odd is not None:
+            raise UsageError(f"--classnames imagenet: folder {odd!r} of {evalset.name!r} is not an ImageNetV2 class "
+                             f"number (0 ... 999, written without leading zeros)")
+        return ScoredClasses(names=list(open_clip.IMAGENET_CLASSNAMES),
+                             folders=[str(label) for label in range(len(open_clip.IMAGENET_CLASSNAMES))],
+                             labels=[int(folders[label]) for label in labels])
+    index = {wnid: label for label, wnid in enumerate(imagenet_wnids())}
+    odd = next((folder for folder in folders if folder not in index), None)
+    if odd is not None:
+        raise UsageError(f"--classnames imagenet: folder {odd!r} of {evalset.name!r} is neither an ImageNet-1k wnid "
+                         "(n01440764, ...) nor an ImageNetV2 class number (0 ... 999)")
+    order = sorted(range(len(folders)), key=lambda label: index[folders[label]])
+    new_label = {old: new for new, old in enumerate(order)}
+    return ScoredClasses(names=[open_clip.IMAGENET_CLASSNAMES[index[folders[old]]] for old in order],
+                         folders=[folders[old] for old in order], labels=[new_label[label] for label in labels])
 
 
 def read_classnames(path: str | Path, evalset: EvalSet) -> list[str]:
@@ -108,6 +178,14 @@ def class_folders(evalset: EvalSet) -> list[str]:
         raise UsageError(f"evaluation set {evalset.name!r}: several classes share an image folder, so a "
                          "'folder<TAB>name' class-name file cannot be matched to it")
     return folders
+
+
+def _known_class_folders(evalset: EvalSet) -> list[str | None]:
+    """:func:`class_folders`, or one None per class for a set without a folder per class."""
+    try:
+        return list(class_folders(evalset))
+    except UsageError:
+        return [None] * len(evalset.classnames or [])
 
 
 def _names_by_folder(path: Path, numbered: list[tuple[int, str]], evalset: EvalSet) -> list[str]:
@@ -210,7 +288,9 @@ def zeroshot_metrics(scores: torch.Tensor, labels: torch.Tensor | Sequence[int])
 def zeroshot_ranks(scores: torch.Tensor, labels: torch.Tensor | Sequence[int]) -> np.ndarray:
     """Per image, the 0-based pessimistic rank of its true class: the number of other classes
     scoring >= it (int64 [N]; top-k hit when rank < k)."""
-    scores = scores.float().cpu()
+    # A NaN score (a diverged linear-probe head) ranks last: as -inf it ties with, and so counts behind,
+    # every other class (NaN >= x would be False and give rank -1).
+    scores = torch.nan_to_num(scores.float().cpu(), nan=-math.inf)
     labels = torch.as_tensor(labels, dtype=torch.long).cpu()
     true_scores = scores.gather(1, labels[:, None])
     return ((scores >= true_scores).sum(dim=1) - 1).numpy().astype(np.int64)
