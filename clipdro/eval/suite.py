@@ -34,6 +34,7 @@ import yaml
 
 from clipdro.errors import UsageError
 from clipdro.eval.results import summary_table, write_results
+from clipdro.eval.runner import load_model, prepare_task, run_task
 from clipdro.runtime import parse_device
 
 SUITE_TASKS = ("retrieval", "zeroshot", "linear-probe")
@@ -94,8 +95,6 @@ def task_argv(options: dict, suite_args: argparse.Namespace) -> list[str]:
 
 def run_suite(suite_args: argparse.Namespace, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
     """Run a suite (``clipdro eval suite``); 0 when every task ran, 1 when any failed."""
-    from clipdro.eval.cli import load_model, prepare_task, run_task
-
     tasks, configured_dir = read_suite(suite_args.suite)
     output_dir = Path(suite_args.output_dir or configured_dir or Path("results") / Path(suite_args.suite).stem)
     suite_args.device = parse_device(suite_args.device)
