@@ -87,6 +87,8 @@ def seed_query_interval(query_sets: Sequence[np.ndarray], confidence: float = 0.
     seed_variance = per_pair.var(axis=-1, ddof=1) / pairs
     common = np.zeros_like(seed_variance)
     for values in query_sets:
+        if values.shape[-1] < 2:  # one query: no query-to-query variance to estimate
+            continue
         _, query_ms, resid_ms = two_way_mean_squares(values)
         common = common + np.maximum(query_ms - resid_ms, 0.0) / (values.shape[-1] * pairs)
     tail = (1 + confidence) / 2

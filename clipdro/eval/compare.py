@@ -270,7 +270,8 @@ def _comparison(pairs: Sequence[tuple[Mapping[str, QueryMetric], Mapping[str, Qu
     low, high = query_low, query_high
     if len(pairs) > 1:
         interval = seed_query_interval(list(query_sets.values()), confidence)
-        low, high = interval.low, interval.high
+        # Every metric is a fraction, so A - B lies in [-1, 1]: cutting the interval there loses no coverage.
+        low, high = max(interval.low, -1.0), min(interval.high, 1.0)
     counts = tuple((queries, values.shape[1]) for queries, values in
                    sorted(query_sets.items(), key=lambda item: QUERY_SETS[item[0]]))
     return Comparison(primary_name(components), counts, a, b, a - b, low, high, query_low, query_high,
