@@ -447,8 +447,11 @@ def test_compare_pooled_seeds_csv_output_and_seed(results, capsys, tmp_path):
         assert row["ci_covers"] == "seeds and queries"
         low, high = float(row["ci_low_points"]), float(row["ci_high_points"])
         assert low <= float(row["diff_points"]) <= high
-        # the t-interval's seed part alone is at least t_{1, 0.975} * |d_1 - d_2| / 2
-        assert high - low >= 12.706 * abs(pair_diffs[0] - pair_diffs[1]) * 100 - 1e-9
+        # the half-width is at least the seed part's t_{1, 0.975} * |d_1 - d_2| / 2, cut to [-100, +100] points
+        half = 12.706 * abs(pair_diffs[0] - pair_diffs[1]) / 2 * 100
+        diff = float(row["diff_points"])
+        assert low <= max(diff - half, -100) + 1e-9 and high >= min(diff + half, 100) - 1e-9
+        assert -100 <= low and high <= 100
     first = table.read_text()
     assert run_compare(capsys, *argv)[0] == 0
     assert table.read_text() == first  # deterministic under --seed
