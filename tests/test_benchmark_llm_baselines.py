@@ -89,3 +89,16 @@ def test_three_modes_table_and_reuse(tmp_path, capsys):
     assert "chosen on the valid split" in (output / "results.md").read_text()
     with pytest.raises(SystemExit):
         llm_baselines.main(argv + ["--rho", "1.0", "--select-rho", "1.0"])
+
+
+def test_paired_table_names_what_each_interval_covers():
+    row = {"comparison": "joint TempNet - plain at tau = 1", "mean_difference": 0.388, "ci95": [0.28, 0.49],
+           "ci95_documents_only": [0.331, 0.424]}
+    lines = llm_baselines.paired_markdown([row], seeds=3, replicates=100)
+    assert "a 95 % interval over seeds and test documents" in lines[1] and "leaves out the seed-to-seed" in lines[1]
+    assert lines[3:] == ["| A − B | mean difference | 95 % interval, seeds and documents | 95 % interval, documents "
+                         "only |", "|---|---:|---|---|",
+                         "| joint TempNet - plain at tau = 1 | +0.388 | [+0.280, +0.490] | [+0.331, +0.424] |"]
+    one_seed = llm_baselines.paired_markdown([{**row, "ci95": row["ci95_documents_only"]}], seeds=1, replicates=100)
+    assert "covers document sampling only, not the variation between training seeds" in one_seed[1]
+    assert one_seed[-1] == "| joint TempNet - plain at tau = 1 | +0.388 | [+0.331, +0.424] |"

@@ -15,6 +15,8 @@ from benchmarks.paper import oracle_tau, reproduce_table
 from benchmarks.paper.reproduce_table import (
     BASE_CONFIG,
     METRICS,
+    PRIMARY,
+    PRIMARY_TITLE,
     REPO_ROOT,
     eval_sets,
     finished_with,
@@ -324,28 +326,50 @@ def test_interval_tables_are_against_the_baseline_and_sogclr():
 def test_paired_intervals_pair_equal_seeds_and_pool_them(evaluated_runs, tmp_path):
     entry = paired_intervals(evaluated_runs, "tempnet", "clip", tmp_path, replicates=400, seed=3)
     assert entry["seeds"] == [1, 2] and (entry["method"], entry["reference"]) == ("tempnet", "clip")
-    assert list(entry["metrics"]) == [title for title, _ in METRICS]
+    assert list(entry["metrics"]) == [PRIMARY_TITLE, *(title for title, _ in METRICS)]
     for title, item in entry["metrics"].items():
-        pair_diffs = [hand_metrics("tempnet", s)[title] - hand_metrics("clip", s)[title] for s in (1, 2)]
+        parts = PRIMARY if title == PRIMARY_TITLE else [title]
+        pair_diffs = [np.mean([hand_metrics("tempnet", s)[part] - hand_metrics("clip", s)[part] for part in parts])
+                      for s in (1, 2)]
         assert item["pair_diffs"] == pytest.approx(pair_diffs)
         assert item["diff"] == pytest.approx(np.mean(pair_diffs))
-        assert item["a"] == pytest.approx(np.mean([hand_metrics("tempnet", s)[title] for s in (1, 2)]))
-        assert item["low"] <= item["diff"] + 1e-12 and item["diff"] - 1e-12 <= item["high"]
-        queries = ("captions", 20) if title.startswith("IR") else ("images", 10)
+        assert item["a"] == pytest.approx(np.mean([hand_metrics("tempnet", s)[part] for s in (1, 2) for part in parts]))
+        assert item["covers"] == "seeds and queries"
+        for low, high in ((item["low"], item["high"]), (item["query_low"], item["query_high"])):
+            assert low <= item["diff"] + 1e-12 and item["diff"] - 1e-12 <= high
+        assert -1 <= item["low"] and item["high"] <= 1  # a difference of fractions: the interval is cut there
+        queries = {"IR": ("captions", 20), "TR": ("images", 10), "me": ("captions+images", 30)}.get(title[:2],
+                                                                                                 ("images", 10))
         assert (item["queries"], item["num_queries"]) == queries
-    # the interval is clipdro eval compare's on the same files, A B A2 B2 in seed order
+    # the intervals are clipdro eval compare's on the same files, A B A2 B2 in seed order
     sources = [str(tmp_path / f"{name}-seed{s}" / "eval_retrieval.json")
                for s in (1, 2) for name in ("tempnet", "clip")]
     records = [json.loads(Path(source).read_text()) for source in sources]
     direct = {item.metric: item for item in compare.compare_results(records, sources, 400, 3)}
-    assert (entry["metrics"]["TR@5"]["low"], entry["metrics"]["TR@5"]["high"]) == (
-        direct["text_retrieval_recall@5"].low, direct["text_retrieval_recall@5"].high)
+    tr5 = direct["text_retrieval_recall@5"]
+    assert [entry["metrics"]["TR@5"][key] for key in ("low", "high", "query_low", "query_high")] == [
+        tr5.low, tr5.high, tr5.query_low, tr5.query_high]
+    [primary] = compare.compare_results(records, sources, 400, 3, primary=["image_retrieval_recall@1",
+                                                                            "text_retrieval_recall@1"])[:1]
+    assert (entry["metrics"][PRIMARY_TITLE]["low"], entry["metrics"][PRIMARY_TITLE]["high"]) == (primary.low,
+                                                                                                 primary.high)
     same = paired_intervals(evaluated_runs, "sogclr", "clip", tmp_path, replicates=200)
     assert same["seeds"] == [0, 1]
-    assert all((item["diff"], item["low"], item["high"]) == (0.0, 0.0, 0.0) for item in same["metrics"].values())
-    assert paired_intervals(evaluated_runs, "tempnet", "sogclr", tmp_path)["seeds"] == [1]
+    assert all((item["diff"], item["low"], item["high"], item["query_low"], item["query_high"]) == (0.0,) * 5
+               for item in same["metrics"].values())
+    one_seed = paired_intervals(evaluated_runs, "tempnet", "sogclr", tmp_path, replicates=200)
+    assert one_seed["seeds"] == [1]
+    assert all(item["covers"] == "queries only" and (item["low"], item["high"]) == (item["query_low"],
+                                                                                     item["query_high"])
+               for item in one_seed["metrics"].values())
     assert paired_intervals([run for run in evaluated_runs if run["method"] != "clip"], "tempnet", "clip",
                             tmp_path) is None
+
+
+SEEDS_TITLE = ("tempnet − clip, seeds 1, 2: 95 % interval over seeds and queries (t-interval over the per-seed "
+               "differences plus the query effect common to all seeds, clipdro/stats.py) and, beside it, the paired "
+               "bootstrap interval over queries with the seeds pooled, which leaves out the seed-to-seed variation "
+               "(percentage points; ")
 
 
 def test_the_paired_interval_tables_in_results_md(evaluated_runs, tmp_path):
@@ -355,20 +379,27 @@ def test_the_paired_interval_tables_in_results_md(evaluated_runs, tmp_path):
     table = markdown(evaluated_runs, summarise(evaluated_runs, methods), methods, "clip", intervals)
     assert table.startswith("| method | IR@1 |") and "| tempnet-seed1 | 0.0500 (mean) |" in table  # as before
     assert table.endswith(interval_markdown(intervals))
-    block = table.split("tempnet − clip, paired bootstrap 95 % interval over queries, seeds 1, 2 pooled "
-                        "(percentage points; 300 replicates, bootstrap seed 0):\n\n")[1].split("\n\n")[0]
+    block = table.split(SEEDS_TITLE + "300 replicates, bootstrap seed 0):\n\n")[1].split("\n\n")[0]
     rows = block.splitlines()
-    assert rows[:2] == ["| metric | difference (points) | 95 % interval (points) |", "|---|---:|---|"]
-    assert [row.split(" | ")[0] for row in rows[2:]] == [f"| {title}" for title, _ in METRICS]
+    assert rows[:2] == ["| metric | difference (points) | 95 % interval, seeds and queries (points) | "
+                        "95 % interval, queries only (points) |", "|---|---:|---|---|"]
+    assert [row.split(" | ")[0] for row in rows[2:]] == [f"| {PRIMARY_TITLE} (primary)",
+                                                         *(f"| {title}" for title, _ in METRICS)]
     tempnet = intervals[1]["metrics"]
-    for row, (title, _) in zip(rows[2:], METRICS, strict=True):
+    for row, title in zip(rows[2:], [PRIMARY_TITLE, *(title for title, _ in METRICS)], strict=True):
         item = tempnet[title]
-        assert row == f"| {title} | {100 * item['diff']:+.2f} | [{100 * item['low']:+.2f}, {100 * item['high']:+.2f}] |"
+        assert row.endswith(f" | {100 * item['diff']:+.2f} | [{100 * item['low']:+.2f}, {100 * item['high']:+.2f}] | "
+                            f"[{100 * item['query_low']:+.2f}, {100 * item['query_high']:+.2f}] |")
     ir1 = np.mean([hand_metrics("tempnet", s)["IR@1"] - hand_metrics("clip", s)["IR@1"] for s in (1, 2)])
-    assert rows[2].startswith(f"| IR@1 | {100 * ir1:+.2f} | [")
-    assert "sogclr − clip, paired bootstrap 95 % interval over queries, seeds 0, 1 pooled" in table
-    assert "| zero-shot top-5 | +0.00 | [+0.00, +0.00] |" in table  # sogclr = clip query by query
-    assert "tempnet − sogclr, paired bootstrap 95 % interval over queries, seed 1 (" in table
+    assert rows[3].startswith(f"| IR@1 | {100 * ir1:+.2f} | [")
+    assert "sogclr − clip, seeds 0, 1: 95 % interval over seeds and queries" in table
+    assert "| zero-shot top-5 | +0.00 | [+0.00, +0.00] | [+0.00, +0.00] |" in table  # sogclr = clip query by query
+    one_seed = ("tempnet − sogclr, seed 1: paired bootstrap 95 % interval over queries, which covers query sampling "
+                "only, not the variation between training seeds (percentage points; 300 replicates")
+    assert one_seed in table
+    rows = table.split(one_seed)[1].split("\n\n")[1].splitlines()
+    assert rows[0] == "| metric | difference (points) | 95 % interval, queries only (points) |"
+    assert rows[2].startswith(f"| {PRIMARY_TITLE} (primary) | ")
     assert markdown(evaluated_runs, summarise(evaluated_runs, methods), methods) == \
         markdown(evaluated_runs, summarise(evaluated_runs, methods), methods, intervals=[])  # no tables: as before
 
@@ -397,7 +428,7 @@ def test_main_writes_the_interval_tables_without_training(evaluated_runs, tmp_pa
     assert (entry["method"], entry["reference"], entry["seeds"], entry["replicates"]) == ("tempnet", "clip", [1, 2],
                                                                                         compare.REPLICATES)
     text = (tmp_path / "results.md").read_text()
-    assert "tempnet − clip, paired bootstrap 95 % interval over queries, seeds 1, 2 pooled" in text
+    assert SEEDS_TITLE in text
     assert "tempnet − clip per seed" in text and "| clip (2 seeds) |" in text  # the existing tables stay
     assert no_subprocess == []  # the eval files were there: no clipdro eval, no training
 

@@ -23,6 +23,7 @@ from clipdro.eval.compare import (
     paired_bootstrap,
     per_query_metrics,
 )
+from clipdro.stats import seed_query_interval
 from tests.evalset_factory import write_tiny_evalset
 
 
@@ -86,8 +87,13 @@ def test_pooled_seeds_average_the_pairs_on_one_shared_draw():
     # difference: the same seed gives the very same interval (halves are exact in binary).
     averaged = paired_bootstrap([(one_metric((a1 + a2) / 2), one_metric((b1 + b2) / 2))], replicates=3000,
                                 seed=4)[0]
-    assert (averaged.low, averaged.high) == (pooled.low, pooled.high)
-    assert pooled.low <= pooled.diff <= pooled.high
+    assert (averaged.low, averaged.high) == (averaged.query_low, averaged.query_high)  # 1 pair: queries only
+    assert (averaged.low, averaged.high) == (pooled.query_low, pooled.query_high)
+    assert pooled.query_low <= pooled.diff <= pooled.query_high
+    # The default interval of 2 pairs: seeds and queries, from the per-pair, per-query differences.
+    expected = seed_query_interval([np.stack([a1 - b1, a2 - b2]).astype(np.float64)])
+    assert (pooled.low, pooled.high) == pytest.approx((expected.low, expected.high))
+    assert (pooled.covers, averaged.covers) == ("seeds and queries", "queries only")
 
 
 def naive_pooled_class_recall(pairs, labels, replicates, seed):
@@ -120,7 +126,22 @@ def test_mean_per_class_recall_follows_the_stated_scheme(multinomial, monkeypatc
                         for a, b in pairs])
     assert result.diff == pytest.approx(expected)
     low, high = naive_pooled_class_recall(pairs, labels, 4000, seed=11)
-    assert result.low == pytest.approx(low, abs=0.01) and result.high == pytest.approx(high, abs=0.01)
+    assert result.query_low == pytest.approx(low, abs=0.01) and result.query_high == pytest.approx(high, abs=0.01)
+
+
+def test_linearised_class_recall_has_the_metric_as_mean_and_the_bootstrap_variance():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 8, 600)
+    rates = rng.uniform(0.1, 0.9, 8)
+    a, b = (one_metric(rng.random(600) < rates[labels] + shift, labels)["m"] for shift in (0.05, 0.0))
+    linearised = compare.linearised_differences(a, b)
+    assert linearised.mean() == pytest.approx(metric_value(a) - metric_value(b), abs=1e-12)
+    # Its variance / n is the delta-method variance of the metric difference under query resampling.
+    draws = bootstrap_statistics(a.values - b.values, labels, [True], replicates=20_000, rng=np.random.default_rng(0))
+    assert linearised.var() / 600 == pytest.approx(draws.var(), rel=0.05)
+    # A mean metric: the plain per-query difference.
+    plain_a, plain_b = one_metric(A_HITS)["m"], one_metric(B_HITS)["m"]
+    assert compare.linearised_differences(plain_a, plain_b).tolist() == (np.array(A_HITS) - B_HITS).tolist()
 
 
 def test_per_class_mean_by_hand_and_classes_absent_from_a_draw():
@@ -134,6 +155,93 @@ def test_per_class_mean_by_hand_and_classes_absent_from_a_draw():
     # Tiny sets: many draws lose a class, none gives NaN.
     draws = bootstrap_statistics(metric.values, metric.groups, [True], replicates=500, rng=np.random.default_rng(0))
     assert np.isfinite(draws).all()
+
+
+def planted_pairs(per_pair_points, queries=1000, seed=0):
+    """Pairs on ``queries`` images whose A - B is exactly the given points per pair: A is B with that many
+    misses turned into hits (or hits into misses), at different queries for each pair."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for points in per_pair_points:
+        b = (rng.random(queries) < 0.5).astype(np.float64)
+        a = b.copy()
+        flip = rng.permutation(np.flatnonzero(b == (0 if points > 0 else 1)))[:round(abs(points) * queries / 100)]
+        a[flip] = 1 - a[flip]
+        pairs.append((one_metric(a), one_metric(b)))
+    return pairs
+
+
+def test_planted_seed_differences_give_an_interval_containing_zero():
+    # Per-seed differences of +6, +6 and -4 points: the mean is +2.67, but with 3 seeds that spread the
+    # difference expected from a new seed is not known to be positive.  The query-only interval (seeds
+    # pooled) excludes 0: it does not see the seed-to-seed spread.
+    [result] = paired_bootstrap(planted_pairs([6, 6, -4]), replicates=4000, seed=0)
+    assert [100 * value for value in result.pair_diffs] == pytest.approx([6, 6, -4])
+    assert 100 * result.diff == pytest.approx(8 / 3)
+    assert result.covers == "seeds and queries"
+    assert result.low < 0 < result.high
+    assert 0 < result.query_low < result.diff < result.query_high
+    # The seed part alone: t_{2, 0.975} * SD(6, 6, -4) / sqrt(3) = 14.3 points; the common query part is
+    # 0 here (the flipped queries differ from pair to pair).
+    half = 4.302652729749464 * np.std([6, 6, -4], ddof=1) / np.sqrt(3)
+    assert 100 * result.high == pytest.approx(8 / 3 + half, abs=0.05)
+    # Five seeds that agree: the interval excludes 0.
+    [agreeing] = paired_bootstrap(planted_pairs([3, 4, 3, 5, 4], seed=1), replicates=1000, seed=0)
+    assert 0 < agreeing.low < agreeing.diff < agreeing.high
+
+
+def test_a_primary_mean_of_two_query_sets_comes_first():
+    rng = np.random.default_rng(3)
+    pairs = []
+    for _ in range(3):
+        files = []
+        for shift in (0.1, 0.0):
+            files.append({"image_retrieval_recall@1": QueryMetric("captions", (rng.random(50) < 0.4 + shift) * 1.0),
+                          "text_retrieval_recall@1": QueryMetric("images", (rng.random(20) < 0.5 + shift) * 1.0),
+                          "text_retrieval_recall@5": QueryMetric("images", (rng.random(20) < 0.8) * 1.0)})
+        pairs.append(tuple(files))
+    primary = ("image_retrieval_recall@1", "text_retrieval_recall@1")
+    results = paired_bootstrap(pairs, replicates=2000, seed=0, primary=primary)
+    plain = paired_bootstrap(pairs, replicates=2000, seed=0)
+    assert [item.metric for item in results] == ["mean(image_retrieval_recall@1, text_retrieval_recall@1)",
+                                                 *(item.metric for item in plain)]
+    assert [item.primary for item in results] == [True, False, False, False]
+    assert results[1:] == plain  # the secondaries are unchanged
+    first, components = results[0], plain[:2]
+    assert first.query_sets == (("captions", 50), ("images", 20)) and first.num_queries == 70
+    assert first.diff == pytest.approx((components[0].diff + components[1].diff) / 2)
+    assert first.pair_diffs == pytest.approx(np.mean([c.pair_diffs for c in components], axis=0))
+    # Seeds and queries: the per-pair sums of the two halves, each query set with its own common part.
+    halves = [0.5 * np.stack([a[name].values - b[name].values for a, b in pairs]) for name in primary]
+    expected = seed_query_interval(halves)
+    assert (first.low, first.high) == pytest.approx((expected.low, expected.high))
+    # Queries only: the mean of the two metrics' replicates (independent draws of captions and images).
+    def pooled(name):
+        return np.mean([a[name].values - b[name].values for a, b in pairs], axis=0)
+    captions = bootstrap_statistics(pooled(primary[0]), replicates=2000, rng=np.random.default_rng([0, 0]))[:, 0]
+    images = bootstrap_statistics(np.column_stack([pooled(primary[1]), pooled("text_retrieval_recall@5")]),
+                                  replicates=2000, rng=np.random.default_rng([0, 1]))[:, 0]
+    assert (first.query_low, first.query_high) == pytest.approx(np.quantile((captions + images) / 2, [0.025, 0.975]))
+    # One primary metric: moved first, not repeated.
+    single = paired_bootstrap(pairs, replicates=200, seed=0, primary=["text_retrieval_recall@5"])
+    assert [item.metric for item in single] == ["text_retrieval_recall@5", "image_retrieval_recall@1",
+                                                "text_retrieval_recall@1"]
+    assert single[0].primary and not single[1].primary
+    table = format_comparison(results, replicates=2000, seed=0)
+    lines = table.splitlines()
+    assert lines[0] == ("| metric | queries | A | B | A - B | 95% CI (seeds and queries) | 95% CI (queries only) "
+                        "| A - B per pair |")
+    assert lines[2].startswith("| mean(image_retrieval_recall@1, text_retrieval_recall@1) (primary) | "
+                               "50 captions + 20 images | ")
+    assert ("Primary metric (named with --primary before the comparison): mean(image_retrieval_recall@1, "
+            "text_retrieval_recall@1); every other row is secondary.") in table
+    assert "it covers the variation between training seeds and query sampling" in table
+    rows = list(csv.DictReader(io.StringIO(format_comparison(results, "csv", replicates=2000, seed=0))))
+    assert [row["role"] for row in rows] == ["primary", "secondary", "secondary", "secondary"]
+    assert (rows[0]["queries"], rows[0]["num_queries"], rows[0]["ci_covers"]) == ("captions+images", "50+20",
+                                                                                  "seeds and queries")
+    assert float(rows[0]["ci_low_points"]) == pytest.approx(100 * first.low)
+    assert float(rows[0]["query_ci_high_points"]) == pytest.approx(100 * first.query_high)
 
 
 def test_bootstrap_inputs_are_checked():
@@ -227,12 +335,16 @@ def test_only_metrics_in_every_file_are_compared_and_tables_say_how():
     assert [item.metric for item in results] == [f"{d}_retrieval_recall@{k}" for k in (1, 5) for d in ("image", "text")]
     table = format_comparison(results, a_sources=["a.json"], b_sources=["b.json"], replicates=200, seed=0)
     lines = table.splitlines()
-    assert lines[0] == "| metric | queries | A | B | A - B | 95% CI |"
+    assert lines[0] == "| metric | queries | A | B | A - B | 95% CI (queries only) |"
     assert lines[2] == "| image_retrieval_recall@1 | 4 captions | 25.00 | 25.00 | +0.00 | [+0.00, +0.00] |"
+    assert "With 1 pair this is the only interval: it covers query sampling only" in table
     assert "A: a.json. B: b.json." in table and "200 replicates, seed 0" in table
     rows = list(csv.DictReader(io.StringIO(format_comparison(results, "csv", replicates=200, seed=0))))
     assert rows[0]["metric"] == "image_retrieval_recall@1" and float(rows[0]["a_points"]) == 25.0
     assert (rows[0]["pairs"], rows[0]["replicates"], rows[0]["num_queries"]) == ("1", "200", "4")
+    assert (rows[0]["ci_covers"], rows[0]["role"]) == ("queries only", "")
+    assert (rows[0]["ci_low_points"], rows[0]["ci_high_points"]) == (rows[0]["query_ci_low_points"],
+                                                                     rows[0]["query_ci_high_points"])
 
 
 # --- end to end: clipdro eval retrieval / zeroshot -> clipdro eval compare ------------------
@@ -293,7 +405,7 @@ def test_compare_retrieval_results(results, capsys):
     code, out, _ = run_compare(capsys, results["retrieval1"], results["retrieval0"], "--bootstrap", "500")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "| metric | queries | A | B | A - B | 95% CI |"
+    assert lines[0] == "| metric | queries | A | B | A - B | 95% CI (queries only) |"
     assert [line.split(" | ")[0] for line in lines[2:8]] == [
         f"| {d}_retrieval_recall@{k}" for k in (1, 5, 10) for d in ("image", "text")]
     assert lines[2].split(" | ")[1] == "16 captions" and lines[3].split(" | ")[1] == "8 images"
@@ -332,9 +444,36 @@ def test_compare_pooled_seeds_csv_output_and_seed(results, capsys, tmp_path):
         assert float(row["diff_points"]) == pytest.approx(100 * np.mean(pair_diffs))
         assert [float(x) for x in row["pair_diffs_points"].split(";")] == pytest.approx([100 * d for d in pair_diffs])
         assert (row["pairs"], row["seed"], row["replicates"]) == ("2", "5", "300")
+        assert row["ci_covers"] == "seeds and queries"
+        low, high = float(row["ci_low_points"]), float(row["ci_high_points"])
+        assert low <= float(row["diff_points"]) <= high
+        # the half-width is at least the seed part's t_{1, 0.975} * |d_1 - d_2| / 2, cut to [-100, +100] points
+        half = 12.706 * abs(pair_diffs[0] - pair_diffs[1]) / 2 * 100
+        diff = float(row["diff_points"])
+        assert low <= max(diff - half, -100) + 1e-9 and high >= min(diff + half, 100) - 1e-9
+        assert -100 <= low and high <= 100
     first = table.read_text()
     assert run_compare(capsys, *argv)[0] == 0
     assert table.read_text() == first  # deterministic under --seed
+
+
+def test_compare_seeds_with_a_primary_metric(results, capsys):
+    pairs = [results["retrieval1"], results["retrieval0"], results["retrieval2"], results["retrieval0-exact"]]
+    code, out, _ = run_compare(capsys, *pairs, "--primary", "image_retrieval_recall@1,text_retrieval_recall@1",
+                               "--bootstrap", "300")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == ("| metric | queries | A | B | A - B | 95% CI (seeds and queries) | 95% CI (queries only) "
+                        "| A - B per pair |")
+    cells = lines[2].strip("| ").split(" | ")
+    assert cells[:2] == ["mean(image_retrieval_recall@1, text_retrieval_recall@1) (primary)", "16 captions + 8 images"]
+    records = [json.loads(path.read_text())["metrics"] for path in pairs]
+    primary = [(r["image_retrieval_recall@1"] + r["text_retrieval_recall@1"]) / 2 for r in records]
+    assert float(cells[4]) == pytest.approx(100 * ((primary[0] - primary[1]) + (primary[2] - primary[3])) / 2,
+                                            abs=0.006)
+    assert [line.split(" | ")[0] for line in lines[3:9]] == [
+        f"| {d}_retrieval_recall@{k}" for k in (1, 5, 10) for d in ("image", "text")]
+    assert "Primary metric (named with --primary before the comparison)" in out
 
 
 def test_bad_compare_input_exits_2_with_one_line_naming_the_file(results, tmp_path, capsys):
@@ -356,6 +495,10 @@ def test_bad_compare_input_exits_2_with_one_line_naming_the_file(results, tmp_pa
         ([retrieval, other_set], f"{other_set}: query_sha256 differs from {retrieval}'s"),
         ([retrieval, zeroshot], f"{zeroshot}: task 'zeroshot' differs from {retrieval}'s 'retrieval'"),
         ([retrieval, retrieval, "--bootstrap", "0"], "--bootstrap must be >= 1"),
+        ([retrieval, retrieval, "--primary", "acc1"], "--primary acc1: not a metric of every file (compared: "),
+        ([retrieval, retrieval, "--primary", "text_retrieval_recall@1,"], "empty metric name"),
+        ([retrieval, retrieval, "--primary", "text_retrieval_recall@1,text_retrieval_recall@1"],
+         "--primary names a metric twice"),
     ]
     for argv, message in cases:
         code, _, err = run_compare(capsys, *argv)

@@ -16,7 +16,13 @@ from clipdro.llm.config import LLMTrainConfig
 from clipdro.llm.data import load_packed
 from clipdro.llm.evaluation import best_constant_tau, heldout_sums
 from clipdro.llm.model import EXPORTED_MODEL_DIR, load_lm_with_tempnet
-from clipdro.llm.results import bootstrap_perplexity, paired_difference
+from clipdro.llm.results import (
+    RESULT_FORMAT,
+    bootstrap_perplexity,
+    compare_files,
+    linearised_perplexity,
+    paired_difference,
+)
 from clipdro.llm.tokenizer import ByteTokenizer
 from clipdro.llm.train import train
 from tests.llm_factory import tiny_overrides, write_corpus
@@ -143,6 +149,8 @@ def test_compare_pairs_files_on_the_same_documents(runs, tmp_path, capsys):
     assert cli.main(["llm", "compare", str(other), str(files["plain"])]) == 2
     assert "different held-out tokens" in capsys.readouterr().err
     assert cli.main(["llm", "compare", str(files["joint"])]) == 2  # not a pair
+    # One pair: the bootstrap over documents is the interval, and it says so.
+    assert comparison["ci95_covers"] == "documents only" and comparison["ci95"] == comparison["ci95_documents_only"]
 
 
 def test_bootstrap_over_documents_on_a_hand_computed_example():
@@ -179,3 +187,47 @@ def test_token_frequencies_and_document_positions_by_hand():
     expected = np.log(np.array([1, 3, 2]) / (3 + 3))  # add-one counts of ids 0, 1, 2 over 3 targets, V = 3
     assert np.allclose(token_log_frequencies(training, 3), expected)
     assert positions_in_documents(np.array([0, 0, 0, 1, 1, 3])).tolist() == [0, 1, 2, 0, 1, 0]
+
+
+def test_linearised_perplexity_has_the_perplexity_as_mean_and_the_bootstrap_variance():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(50, 400, 60).astype(np.float64)
+    losses = tokens * rng.uniform(1.0, 1.6, 60)
+    linearised = linearised_perplexity(tokens, losses)
+    assert linearised.mean() == pytest.approx(math.exp(losses.sum() / tokens.sum()), rel=1e-12)
+    counts = np.random.default_rng(1).multinomial(60, np.full(60, 1 / 60), size=20_000)
+    replicated = np.exp(counts @ losses / (counts @ tokens))
+    assert linearised.var() / 60 == pytest.approx(replicated.var(), rel=0.05)
+
+
+def synthetic_result(path, tokens, losses):
+    """A `clipdro llm eval --output` file with only what compare reads: perplexity from per-document sums."""
+    path.write_text(json.dumps({"format": RESULT_FORMAT, "targets_sha256": "same",
+                                "metrics": {"perplexity": math.exp(sum(losses) / sum(tokens))},
+                                "per_document": {"tokens": list(tokens), "cross_entropy": list(losses)}}))
+    return path
+
+
+def test_compare_with_several_seeds_covers_seeds_and_documents(tmp_path):
+    # Three seeds whose perplexity differences are +0.6, +0.6 and -0.4 on every document (A's per-token CE a
+    # constant above or below B's): the documents agree within each seed, so the bootstrap over documents is
+    # narrow and excludes 0, while the seeds disagree, so the interval over seeds and documents contains 0.
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(100, 300, 40).astype(float)
+    files = []
+    for index, shift in enumerate((0.6, 0.6, -0.4)):
+        b_losses = tokens * rng.uniform(1.2, 1.4)
+        b_ppl = math.exp(b_losses.sum() / tokens.sum())
+        a_losses = b_losses + tokens * (math.log(b_ppl + shift) - math.log(b_ppl))
+        files += [synthetic_result(tmp_path / f"a{index}.json", tokens, a_losses),
+                  synthetic_result(tmp_path / f"b{index}.json", tokens, b_losses)]
+    result = compare_files(files, "perplexity", "perplexity", 2000, 0)
+    assert [row["difference"] for row in result["pairs"]] == pytest.approx([0.6, 0.6, -0.4])
+    assert result["ci95_covers"] == "seeds and documents"
+    low, high = result["ci95"]
+    assert low < 0 < high
+    half = 4.302652729749464 * np.std([0.6, 0.6, -0.4], ddof=1) / math.sqrt(3)  # t_{2, 0.975} * SE over seeds
+    assert high - result["mean_difference"] == pytest.approx(half, rel=0.01)
+    documents_low, documents_high = result["ci95_documents_only"]
+    assert 0 < documents_low < result["mean_difference"] < documents_high
+    assert compare_files(files[:2], "perplexity", "perplexity", 0, 0)["ci95"] is None  # one pair, no bootstrap

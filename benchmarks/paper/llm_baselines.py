@@ -25,8 +25,9 @@ to choose rho or tau.
 Each run is then evaluated by ``clipdro llm eval --run RUN --output RUN/eval_test.json``: the corpus's test
 split, with the LM's best constant tau chosen on the valid split (never on test), each perplexity with a
 95 % bootstrap interval over the test documents; the joint and frozen runs also get ``clipdro llm report``
-(what their tau tracks: entropy, token frequency, position). The paired comparisons (``clipdro llm compare``: the same
-document draws for every seed's pair, seeds pooled) are
+(what their tau tracks: entropy, token frequency, position). The paired comparisons (``clipdro llm compare``: with two
+or more seeds an interval over seeds and documents, and the bootstrap over documents with the same draws for every
+seed's pair, seeds pooled) are
 
 * joint with TempNet - plain at tau = 1 (the paper's claim, as it was measured);
 * joint with TempNet - plain at its best constant tau (what a free constant already gives the baseline);
@@ -38,7 +39,8 @@ A run whose folder holds a finished run of the same resolved config is reused, a
 continues from its last checkpoint (rerunning continues an interrupted sweep; its train_seconds then
 count only the continuation). Outputs in ``--output-dir`` (default runs/llm-baselines): the runs,
 ``results.json`` and ``results.md`` (the table: mean over seeds and each seed, then the paired
-differences in perplexity points with their intervals). Extra ``key=value`` arguments override the config of every run.
+differences in perplexity points with their intervals: over seeds and documents with two or more
+seeds, and over documents only, seeds pooled). Extra ``key=value`` arguments override the config of every run.
 """
 
 from __future__ import annotations
@@ -304,13 +306,30 @@ def markdown(summary: list[dict], paired: list[dict], runs: list[dict], args: ar
                      f"| {tau['spread_p95_over_p5']:.3f} | {correlation['entropy']:+.3f} | "
                      f"{correlation['input_log_frequency']:+.3f} | {correlation['target_log_frequency']:+.3f} | "
                      f"{correlation['position']:+.3f} |")
-    lines += ["", "Paired differences A − B in perplexity, the same test-document draws for every seed's pair, "
-              f"seeds pooled ({args.bootstrap} replicates):", "", "| A − B | mean difference | 95 % interval |",
-              "|---|---:|---|"]
-    for row in paired:
-        interval = f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]" if row["ci95"] else "not computed"
-        lines.append(f"| {row['comparison']} | {row['mean_difference']:+.3f} | {interval} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + paired_markdown(paired, len(args.seeds), args.bootstrap)) + "\n"
+
+
+def paired_markdown(paired: list[dict], seeds: int, replicates: int) -> list[str]:
+    """The paired-difference table: with two or more seeds the interval over seeds and documents, then the
+    bootstrap over documents (seeds pooled); with one seed the bootstrap alone, said to cover documents only."""
+    def interval(values: list[float] | None) -> str:
+        return f"[{values[0]:+.3f}, {values[1]:+.3f}]" if values else "not computed"
+
+    if seeds > 1:
+        lines = ["", "Paired differences A − B in perplexity: a 95 % interval over seeds and test documents "
+                 "(t-interval over the per-seed differences plus the document effect common to all seeds, "
+                 "clipdro/stats.py), and the bootstrap over test documents, the same draws for every seed's pair, "
+                 f"seeds pooled ({replicates} replicates), which leaves out the seed-to-seed variation:", "",
+                 "| A − B | mean difference | 95 % interval, seeds and documents | 95 % interval, documents only |",
+                 "|---|---:|---|---|"]
+        lines += [f"| {row['comparison']} | {row['mean_difference']:+.3f} | {interval(row['ci95'])} | "
+                  f"{interval(row['ci95_documents_only'])} |" for row in paired]
+        return lines
+    lines = ["", f"Paired differences A − B in perplexity, one seed: 95 % bootstrap interval over test documents "
+             f"({replicates} replicates), which covers document sampling only, not the variation between "
+             "training seeds:", "", "| A − B | mean difference | 95 % interval, documents only |", "|---|---:|---|"]
+    return lines + [f"| {row['comparison']} | {row['mean_difference']:+.3f} | {interval(row['ci95_documents_only'])} |"
+                    for row in paired]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,12 @@ the 5,712 training samples and their Spearman correlation with caption commonnes
 Every run is also evaluated again with ``clipdro eval retrieval|zeroshot --checkpoint RUN --device cpu
 --precision fp32`` on the same two sets (``RUN/eval_retrieval.json``, ``RUN/eval_zeroshot.json``,
 made only when missing), whose per-query ranks give paired intervals: for each method other than
-``--baseline``, method − baseline (and method − sogclr when sogclr is in the sweep) with a paired
-bootstrap 95 % interval over the queries, seed s of the method paired with seed s of the reference
-and the seeds pooled (``clipdro.eval.compare``, docs/evaluation.md "Comparing two models").
+``--baseline``, method − baseline (and method − sogclr when sogclr is in the sweep), seed s of the
+method paired with seed s of the reference (``clipdro.eval.compare``, docs/evaluation.md "Comparing
+two models"): with two or more seeds a 95 % interval over seeds and queries, and beside it the
+paired bootstrap interval over queries with the seeds pooled (which leaves out the seed-to-seed
+variation); with one seed the query-only interval alone, said to be so.  The primary metric,
+``PRIMARY`` (the mean of IR@1 and TR@1), is fixed in this file before any run and comes first.
 
 A sweep that changes one setting of the methods it trains (``loss.rho=3.04``, ``tempnet.lr=...``) is
 compared against the unchanged baselines of an earlier sweep with ``--reference-dir DIR`` (that
@@ -115,6 +118,10 @@ METRICS = [
     # test split: 25 % computers, 24 % shapes), which a model can do while recognising fewer classes.
     ("zero-shot per-class recall", "zeroshot_mean_per_class_recall"),
 ]
+# The primary metric of the paired intervals, fixed here before any run (the paper's headline: retrieval R@1 both
+# ways): the mean of these METRICS titles, all of one task; every other metric is secondary.
+PRIMARY = ("IR@1", "TR@1")
+PRIMARY_TITLE = "mean of IR@1 and TR@1"
 
 
 def metric_task(key: str) -> str:
@@ -398,48 +405,69 @@ def interval_pairs(methods: list[str], baseline: str) -> list[tuple[str, str]]:
 
 def paired_intervals(runs: list[dict], method: str, reference: str, output_dir: Path,
                      replicates: int = compare.REPLICATES, seed: int = 0) -> dict | None:
-    """method − reference for each METRICS metric with a paired bootstrap interval over queries
-    (:func:`clipdro.eval.compare.compare_results`): seed s of the method paired with seed s of the
-    reference, only seeds both have per-query files for, the seeds pooled.  Values are fractions;
-    None when no seed pairs up."""
+    """method − reference for each METRICS metric, the PRIMARY mean first, with the intervals of
+    :func:`clipdro.eval.compare.compare_results`: seed s of the method paired with seed s of the
+    reference, only seeds both have per-query files for.  ``low``/``high``: with two or more seeds
+    over seeds and queries, with one over queries only (``covers`` says which); ``query_low``/
+    ``query_high``: the paired bootstrap over queries, seeds pooled.  Values are fractions; None
+    when no seed pairs up."""
     by_key = {(run["method"], run["seed"]): run for run in runs if run.get("eval_files")}
     seeds = sorted(s for (name, s) in by_key if name == method and (reference, s) in by_key)
     if not seeds:
         return None
-    metrics: dict[str, dict] = {}
+    keys = dict(METRICS)
+    primary = [result_metric(keys[title]) for title in PRIMARY]
+    found: dict[str, compare.Comparison] = {}
     for task in EVAL_FILES:
         sources = [str(output_dir / by_key[(name, s)]["eval_files"][task])
                    for s in seeds for name in (method, reference)]
-        comparisons = {item.metric: item for item in
-                       compare.compare_results(load_results(sources), sources, replicates, seed)}
-        for title, key in METRICS:
-            item = comparisons.get(result_metric(key)) if metric_task(key) == task else None
-            if item is not None:
-                metrics[title] = {"a": item.a, "b": item.b, "diff": item.diff, "low": item.low, "high": item.high,
-                                  "pair_diffs": list(item.pair_diffs), "queries": item.queries,
-                                  "num_queries": item.num_queries}
+        task_primary = primary if metric_task(keys[PRIMARY[0]]) == task else ()
+        for item in compare.compare_results(load_results(sources), sources, replicates, seed, primary=task_primary):
+            found[PRIMARY_TITLE if item.primary else item.metric] = item
+    metrics: dict[str, dict] = {}
+    for title, key in [(PRIMARY_TITLE, None), *METRICS]:
+        item = found.get(PRIMARY_TITLE if key is None else result_metric(key))
+        if item is not None:
+            metrics[title] = {"a": item.a, "b": item.b, "diff": item.diff, "low": item.low, "high": item.high,
+                              "covers": item.covers, "query_low": item.query_low, "query_high": item.query_high,
+                              "pair_diffs": list(item.pair_diffs), "queries": item.queries,
+                              "num_queries": item.num_queries}
     return {"method": method, "reference": reference, "seeds": seeds, "replicates": replicates,
-            "bootstrap_seed": seed, "confidence": compare.CONFIDENCE, "metrics": metrics}
+            "bootstrap_seed": seed, "confidence": compare.CONFIDENCE, "primary": PRIMARY_TITLE, "metrics": metrics}
 
 
 def interval_markdown(intervals: list[dict]) -> str:
-    """One table per entry of :func:`paired_intervals`: difference and interval in points."""
+    """One table per entry of :func:`paired_intervals`: difference and intervals in points, the
+    primary metric first.  With two or more seeds the interval over seeds and queries comes first
+    and the query-only one beside it; with one seed the table says it covers queries only."""
     lines = []
     for entry in intervals:
-        seeds = entry["seeds"]
-        label = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} pooled"
-        lines += ["", f"{entry['method']} − {entry['reference']}, paired bootstrap "
-                  f"{100 * entry['confidence']:g} % interval over queries, {label} (percentage points; "
-                  f"{entry['replicates']} replicates, bootstrap seed {entry['bootstrap_seed']}):", "",
-                  f"| metric | difference (points) | {100 * entry['confidence']:g} % interval (points) |",
-                  "|---|---:|---|"]
-        for title, _ in METRICS:
+        seeds, level = entry["seeds"], f"{100 * entry['confidence']:g} %"
+        bootstrap = f"{entry['replicates']} replicates, bootstrap seed {entry['bootstrap_seed']}"
+        if len(seeds) == 1:
+            lines += ["", f"{entry['method']} − {entry['reference']}, seed {seeds[0]}: paired bootstrap {level} "
+                      f"interval over queries, which covers query sampling only, not the variation between "
+                      f"training seeds (percentage points; {bootstrap}):", "",
+                      f"| metric | difference (points) | {level} interval, queries only (points) |", "|---|---:|---|"]
+        else:
+            lines += ["", f"{entry['method']} − {entry['reference']}, seeds {', '.join(map(str, seeds))}: {level} "
+                      "interval over seeds and queries (t-interval over the per-seed differences plus the query "
+                      "effect common to all seeds, clipdro/stats.py) and, beside it, the paired bootstrap interval "
+                      f"over queries with the seeds pooled, which leaves out the seed-to-seed variation "
+                      f"(percentage points; {bootstrap}):", "",
+                      f"| metric | difference (points) | {level} interval, seeds and queries (points) | "
+                      f"{level} interval, queries only (points) |", "|---|---:|---|---|"]
+        for title in [PRIMARY_TITLE, *(title for title, _ in METRICS)]:
             item = entry["metrics"].get(title)
+            name = f"{title} (primary)" if title == PRIMARY_TITLE else title
             if item is None:  # e.g. top-5 with fewer than 5 classes
-                lines.append(f"| {title} | – | – |")
-            else:
-                lines.append(f"| {title} | {100 * item['diff']:+.2f} | "
-                             f"[{100 * item['low']:+.2f}, {100 * item['high']:+.2f}] |")
+                lines.append(f"| {name} | – | – |" + (" – |" if len(seeds) > 1 else ""))
+                continue
+            cells = [f"{100 * item['diff']:+.2f}"]
+            if len(seeds) > 1:
+                cells.append(f"[{100 * item['low']:+.2f}, {100 * item['high']:+.2f}]")
+            cells.append(f"[{100 * item['query_low']:+.2f}, {100 * item['query_high']:+.2f}]")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n" if lines else ""
 
 

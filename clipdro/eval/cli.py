@@ -11,8 +11,8 @@ sets, tabulate and compare results.
     clipdro eval suite SUITE.yaml (--model NAME [--pretrained TAG_OR_PATH] | --checkpoint RUN_DIR_OR_FILE)
                        [--output-dir DIR]
     clipdro eval summarize results/*.json [--format markdown|csv] [--output FILE]
-    clipdro eval compare A.json B.json [A2.json B2.json ...] [--bootstrap 10000] [--seed 0]
-                         [--format markdown|csv] [--output FILE]
+    clipdro eval compare A.json B.json [A2.json B2.json ...] [--primary METRIC[,METRIC ...]]
+                         [--bootstrap 10000] [--seed 0] [--format markdown|csv] [--output FILE]
 """
 
 from __future__ import annotations
@@ -129,10 +129,15 @@ def _build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     summarize.add_argument("--output", help="write the table here instead of printing it")
 
-    comparison = commands.add_parser("compare", help="A vs B per metric with a paired bootstrap interval "
-                                                     "over queries (several pairs: seeds pooled)")
+    comparison = commands.add_parser("compare", help="A vs B per metric with a paired interval over seeds and queries "
+                                                     "(one pair: over queries only)")
     comparison.add_argument("results", nargs="+", metavar="RESULT",
-                            help="result JSON files in pairs: A B [A2 B2 ...] (A = method, B = baseline)")
+                            help="result JSON files in pairs: A B [A2 B2 ...] (A = method, B = baseline; one pair "
+                                 "per training seed)")
+    comparison.add_argument("--primary", type=_metric_list, default=(), metavar="METRIC[,METRIC ...]",
+                            help="the primary metric, named before the comparison: one metric, or several "
+                                 "(comma-separated) meaning their mean; reported first and marked primary, the "
+                                 "others secondary")
     comparison.add_argument("--bootstrap", type=int, default=compare.REPLICATES, metavar="N",
                             help=f"bootstrap replicates (default {compare.REPLICATES})")
     comparison.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
@@ -153,10 +158,18 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    comparisons = compare.compare_results(load_results(args.results), args.results, args.bootstrap, args.seed)
+    comparisons = compare.compare_results(load_results(args.results), args.results, args.bootstrap, args.seed,
+                                          primary=args.primary)
     table = compare.format_comparison(comparisons, args.format, a_sources=args.results[0::2],
                                       b_sources=args.results[1::2], replicates=args.bootstrap, seed=args.seed)
     return _print_or_write(table, args.output)
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty metric name in {text!r}")
+    return names
 
 
 def _print_or_write(table: str, output: str | None) -> int:

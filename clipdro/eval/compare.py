@@ -5,17 +5,28 @@ Every metric of a result file is a function of its ``per_query`` ranks (docs/eva
 ``mean_per_class_recall`` is the mean over classes of the per-class mean of the top-1 hit vector.
 :func:`per_query_metrics` rebuilds those vectors from a file (and checks that they reproduce its
 metrics); :func:`paired_bootstrap` compares pairs (A = the method, B = the baseline; several pairs
-= several seeds) on the same queries.
+= several seeds) on the same queries, with two intervals per metric.
 
-Bootstrap scheme (paired, seeds pooled): each replicate draws n query indices with replacement
-(n = the number of queries of that metric: captions for ``image_retrieval_*``, images otherwise)
-and applies the same draw to A and B of every pair; the replicate's difference is the mean over
-pairs of metric(A_p) - metric(B_p) on that draw.  The interval is the percentile interval of the
-replicate differences.  For a mean metric this difference is the resampled mean of the per-query
-difference averaged over pairs, d_i = mean_p (a_pi - b_pi); for mean per-class recall the classes
-and their sizes depend only on the draw (all files share the labels), so it is the mean over the
-classes drawn of (sum of d_i over the class's draws) / (the class's draws), classes absent from a
-replicate being left out of its average.
+Seeds and queries (the default with two or more pairs): :func:`clipdro.stats.seed_query_interval`
+on the per-pair, per-query differences x[p, i] = a_pi - b_pi (for mean per-class recall their
+linearisation, :func:`linearised_differences`): the spread of the per-pair differences with
+Student's t at P - 1 degrees of freedom, plus the query effect common to all pairs.  It covers a
+new training seed and a new query set of the same kind.
+
+Queries only (the only interval with one pair): paired bootstrap over queries, seeds pooled.  Each
+replicate draws n query indices with replacement (n = the number of queries of that metric:
+captions for ``image_retrieval_*``, images otherwise) and applies the same draw to A and B of every
+pair; the replicate's difference is the mean over pairs of metric(A_p) - metric(B_p) on that draw.
+The interval is the percentile interval of the replicate differences.  For a mean metric this
+difference is the resampled mean of the per-query difference averaged over pairs,
+d_i = mean_p (a_pi - b_pi); for mean per-class recall the classes and their sizes depend only on
+the draw (all files share the labels), so it is the mean over the classes drawn of (sum of d_i over
+the class's draws) / (the class's draws), classes absent from a replicate being left out of its
+average.  It covers query sampling for these seeds, not the variation between seeds.
+
+A primary metric (``primary``: one metric, or several meaning their mean) is compared first and
+flagged; a mean over metrics on two query sets (captions and images) takes each set's draws and
+common query part as independent.
 
 Speed: a statistic depends only on how often each distinct row (label, d_i of every metric) is
 drawn, so identical queries are merged into types and a replicate is a vector of type counts:
@@ -32,11 +43,12 @@ import io
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from clipdro.errors import UsageError
+from clipdro.stats import seed_query_interval
 
 PER_QUERY_FORMAT = "clipdro-per-query/1"  # clipdro.eval.results.PER_QUERY_FORMAT
 RECALL_METRIC = re.compile(r"^(image|text)_retrieval_recall@(\d+)$")
@@ -64,19 +76,44 @@ class QueryMetric:
     groups: np.ndarray | None = None
 
 
+SEEDS_AND_QUERIES = "seeds and queries"
+QUERIES_ONLY = "queries only"
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """One metric compared over P pairs; all values are fractions (multiply by 100 for points)."""
+    """One metric (or the primary mean of several) compared over P pairs; all values are fractions
+    (multiply by 100 for points)."""
 
     metric: str
-    queries: str
-    num_queries: int
+    query_sets: tuple[tuple[str, int], ...]  # (query set, number of queries) the metric is computed on
     a: float  # mean over pairs of metric(A_p)
     b: float  # mean over pairs of metric(B_p)
     diff: float  # a - b
-    low: float  # bootstrap interval of diff
+    low: float  # the default interval of diff: seeds and queries with >= 2 pairs, else queries only
     high: float
+    query_low: float  # paired bootstrap interval over queries, seeds pooled
+    query_high: float
     pair_diffs: tuple[float, ...]  # metric(A_p) - metric(B_p), per pair
+    primary: bool = False
+
+    @property
+    def covers(self) -> str:
+        """What (low, high) covers: seeds and queries with two or more pairs, else queries only."""
+        return SEEDS_AND_QUERIES if len(self.pair_diffs) > 1 else QUERIES_ONLY
+
+    @property
+    def queries(self) -> str:
+        return "+".join(name for name, _ in self.query_sets)
+
+    @property
+    def num_queries(self) -> int:
+        return sum(count for _, count in self.query_sets)
+
+
+def primary_name(metrics: Sequence[str]) -> str:
+    """The name of a primary metric: the metric itself, or mean(m1, m2, ...) of several."""
+    return metrics[0] if len(metrics) == 1 else f"mean({', '.join(metrics)})"
 
 
 def metric_value(metric: QueryMetric) -> float:
@@ -150,57 +187,112 @@ def check_same_queries(records: Sequence[Mapping], sources: Sequence[str]) -> No
 
 
 def compare_results(records: Sequence[Mapping], sources: Sequence[str], replicates: int = REPLICATES,
-                    seed: int = 0, confidence: float = CONFIDENCE) -> list[Comparison]:
-    """Validate result records given as A, B, A2, B2, ... and compare them with :func:`paired_bootstrap`."""
+                    seed: int = 0, confidence: float = CONFIDENCE, primary: Sequence[str] = ()) -> list[Comparison]:
+    """Validate result records given as A, B, A2, B2, ... and compare them with :func:`paired_bootstrap`;
+    ``primary`` (metric names, their mean) must name metrics present in every file."""
     if len(records) < 2 or len(records) % 2:
         raise UsageError(f"compare takes result files in pairs (A B [A2 B2 ...]), got {len(records)}: "
                          f"{sources[-1]} has no partner")
     metrics = [per_query_metrics(record, source) for record, source in zip(records, sources, strict=True)]
     check_same_queries(records, sources)
     pairs = [(metrics[i], metrics[i + 1]) for i in range(0, len(metrics), 2)]
-    if not set.intersection(*(set(found) for found in metrics)):
+    shared = [name for name in metrics[0] if all(name in found for found in metrics)]
+    if not shared:
         raise UsageError(f"{', '.join(sources)}: no metric present in every file")
-    return paired_bootstrap(pairs, replicates, seed, confidence)
+    for name in primary:
+        if name not in shared:
+            raise UsageError(f"--primary {name}: not a metric of every file (compared: {', '.join(shared)})")
+    if len(set(primary)) != len(primary):
+        raise UsageError(f"--primary names a metric twice: {', '.join(primary)}")
+    return paired_bootstrap(pairs, replicates, seed, confidence, primary)
 
 
 def paired_bootstrap(pairs: Sequence[tuple[Mapping[str, QueryMetric], Mapping[str, QueryMetric]]],
-                     replicates: int = REPLICATES, seed: int = 0,
-                     confidence: float = CONFIDENCE) -> list[Comparison]:
-    """Compare A with B for every metric present in all files of ``pairs`` [(A_1, B_1), ...],
-    queries resampled as described in the module docstring; deterministic for a given ``seed``
-    (each query set draws from ``np.random.default_rng([seed, QUERY_SETS[set]])``)."""
+                     replicates: int = REPLICATES, seed: int = 0, confidence: float = CONFIDENCE,
+                     primary: Sequence[str] = ()) -> list[Comparison]:
+    """Compare A with B for every metric present in all files of ``pairs`` [(A_1, B_1), ...], with
+    the intervals of the module docstring; ``primary`` metrics (their mean) first, flagged.  The
+    bootstrap is deterministic for a given ``seed`` (each query set draws from
+    ``np.random.default_rng([seed, QUERY_SETS[set]])``)."""
     if replicates < 1:
         raise ValueError(f"replicates must be >= 1, got {replicates}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     files = [metrics for pair in pairs for metrics in pair]
     names = [name for name in files[0] if all(name in metrics for metrics in files)]
-    results: dict[str, Comparison] = {}
+    if any(name not in names for name in primary):
+        raise ValueError(f"primary {list(primary)}: not all among the metrics {names}")
+    draws: dict[str, np.ndarray] = {}  # metric -> [replicates] bootstrap differences
     for queries in sorted({files[0][name].queries for name in names}, key=QUERY_SETS.__getitem__):
         columns = [name for name in names if files[0][name].queries == queries]
-        for name in columns:
-            sizes = {len(metrics[name].values) for metrics in files}
-            if len(sizes) > 1:
-                raise ValueError(f"{name}: files have different query counts {sorted(sizes)}")
-            reference = files[0][name].groups
-            if any((metrics[name].groups is None) != (reference is None)
-                   or (reference is not None and not np.array_equal(metrics[name].groups, reference))
-                   for metrics in files):
-                raise ValueError(f"{name}: files have different class labels")
+        _check_same_queries(files, columns)
         differences = np.column_stack([
             np.mean([a[name].values - b[name].values for a, b in pairs], axis=0) for name in columns])
         grouped = [files[0][name].groups is not None for name in columns]
         groups = next((files[0][name].groups for name in columns if files[0][name].groups is not None), None)
         rng = np.random.default_rng([seed, QUERY_SETS[queries]])
-        draws = bootstrap_statistics(differences, groups, grouped, replicates, rng)
-        low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-        for j, name in enumerate(columns):
-            a_values = [metric_value(a[name]) for a, _ in pairs]
-            b_values = [metric_value(b[name]) for _, b in pairs]
-            a, b = float(np.mean(a_values)), float(np.mean(b_values))
-            results[name] = Comparison(name, queries, len(differences), a, b, a - b, float(low[j]), float(high[j]),
-                                       tuple(x - y for x, y in zip(a_values, b_values, strict=True)))
-    return [results[name] for name in names]
+        replicated = bootstrap_statistics(differences, groups, grouped, replicates, rng)
+        draws.update((name, replicated[:, j]) for j, name in enumerate(columns))
+    rows = [[name] for name in names if not (len(primary) == 1 and name == primary[0])]
+    results = [_comparison(pairs, components, draws, confidence) for components in ([list(primary)] if primary
+                                                                                    else []) + rows]
+    if primary:
+        results[0] = replace(results[0], primary=True)
+    return results
+
+
+def _check_same_queries(files: Sequence[Mapping[str, QueryMetric]], columns: Sequence[str]) -> None:
+    for name in columns:
+        sizes = {len(metrics[name].values) for metrics in files}
+        if len(sizes) > 1:
+            raise ValueError(f"{name}: files have different query counts {sorted(sizes)}")
+        reference = files[0][name].groups
+        if any((metrics[name].groups is None) != (reference is None)
+               or (reference is not None and not np.array_equal(metrics[name].groups, reference))
+               for metrics in files):
+            raise ValueError(f"{name}: files have different class labels")
+
+
+def _comparison(pairs: Sequence[tuple[Mapping[str, QueryMetric], Mapping[str, QueryMetric]]],
+                components: Sequence[str], draws: Mapping[str, np.ndarray], confidence: float) -> Comparison:
+    """The comparison of the mean of the ``components`` metrics (one metric: that metric)."""
+    weight = 1 / len(components)
+    a_values = [weight * sum(metric_value(a[name]) for name in components) for a, _ in pairs]
+    b_values = [weight * sum(metric_value(b[name]) for name in components) for _, b in pairs]
+    a, b = float(np.mean(a_values)), float(np.mean(b_values))
+    query_draws = weight * sum(draws[name] for name in components)
+    query_low, query_high = (float(value) for value in
+                             np.quantile(query_draws, [(1 - confidence) / 2, (1 + confidence) / 2]))
+    reference = pairs[0][0]
+    query_sets = {}  # query set -> [P, n] weighted per-pair, per-query differences of its components
+    for name in components:
+        linearised = np.stack([linearised_differences(a[name], b[name]) for a, b in pairs])
+        query_sets[reference[name].queries] = query_sets.get(reference[name].queries, 0) + weight * linearised
+    low, high = query_low, query_high
+    if len(pairs) > 1:
+        interval = seed_query_interval(list(query_sets.values()), confidence)
+        # Every metric is a fraction, so A - B lies in [-1, 1]: cutting the interval there loses no coverage.
+        low, high = max(interval.low, -1.0), min(interval.high, 1.0)
+    counts = tuple((queries, values.shape[1]) for queries, values in
+                   sorted(query_sets.items(), key=lambda item: QUERY_SETS[item[0]]))
+    return Comparison(primary_name(components), counts, a, b, a - b, low, high, query_low, query_high,
+                      tuple(x - y for x, y in zip(a_values, b_values, strict=True)))
+
+
+def linearised_differences(a: QueryMetric, b: QueryMetric) -> np.ndarray:
+    """[n] per-query values whose mean is metric(A) - metric(B): a_i - b_i for a mean metric; for a
+    class-averaged one (mean over the C classes of the class means m_c) the linearisation
+    m + (x_i - m_c(i)) * n / (C * n_c(i)) of x = a - b, which carries each query's influence on the
+    metric and so its share of the query-sampling variance (delta method)."""
+    differences = a.values - b.values
+    if a.groups is None:
+        return differences
+    labels, inverse = np.unique(a.groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sizes = np.bincount(inverse, minlength=len(labels))
+    class_means = np.bincount(inverse, weights=differences, minlength=len(labels)) / sizes
+    scale = len(differences) / (len(labels) * sizes[inverse])
+    return class_means.mean() + (differences - class_means[inverse]) * scale
 
 
 def bootstrap_statistics(values: np.ndarray, groups: np.ndarray | None = None,
@@ -275,41 +367,75 @@ def _int_vector(per_query: Mapping, key: str, length: object, source: str) -> np
 def format_comparison(comparisons: Sequence[Comparison], fmt: str = "markdown", *, a_sources: Sequence[str] = (),
                       b_sources: Sequence[str] = (), replicates: int = REPLICATES, seed: int = 0,
                       confidence: float = CONFIDENCE) -> str:
-    """Markdown (points rounded to 2 decimals, then a footer stating the files and the bootstrap
-    scheme) or CSV (full precision, one row per metric, the scheme in columns).  Values are in
-    points (percent); A and B are means over pairs."""
+    """Markdown (points rounded to 2 decimals, then a footer stating the files and what each interval
+    covers) or CSV (full precision, one row per metric, the scheme in columns).  Values are in points
+    (percent); A and B are means over pairs."""
     pairs = len(comparisons[0].pair_diffs) if comparisons else len(a_sources)
     level = f"{100 * confidence:g}%"
+    has_primary = any(item.primary for item in comparisons)
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["metric", "queries", "num_queries", "pairs", "a_points", "b_points", "diff_points",
-                         "ci_low_points", "ci_high_points", "confidence", "replicates", "seed", "pair_diffs_points"])
-        for item in comparisons:
-            writer.writerow([item.metric, item.queries, item.num_queries, pairs, 100 * item.a, 100 * item.b,
-                             100 * item.diff, 100 * item.low, 100 * item.high, confidence, replicates, seed,
-                             ";".join(repr(100 * value) for value in item.pair_diffs)])
-        return buffer.getvalue()
+        return _comparison_csv(comparisons, pairs, has_primary, replicates, seed, confidence)
     if fmt != "markdown":
         raise UsageError(f"unknown table format {fmt!r} (markdown or csv)")
-    header = ["metric", "queries", "A", "B", "A - B", f"{level} CI"] + (["A - B per pair"] if pairs > 1 else [])
+    intervals = [f"{level} CI ({SEEDS_AND_QUERIES})"] if pairs > 1 else []
+    header = ["metric", "queries", "A", "B", "A - B", *intervals, f"{level} CI ({QUERIES_ONLY})"]
+    header += ["A - B per pair"] if pairs > 1 else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for item in comparisons:
-        row = [item.metric, f"{item.num_queries} {item.queries}", f"{100 * item.a:.2f}", f"{100 * item.b:.2f}",
-               f"{100 * item.diff:+.2f}", f"[{100 * item.low:+.2f}, {100 * item.high:+.2f}]"]
+        row = [item.metric + (" (primary)" if item.primary else ""),
+               " + ".join(f"{count} {queries}" for queries, count in item.query_sets),
+               f"{100 * item.a:.2f}", f"{100 * item.b:.2f}", f"{100 * item.diff:+.2f}"]
+        if pairs > 1:
+            row.append(f"[{100 * item.low:+.2f}, {100 * item.high:+.2f}]")
+        row.append(f"[{100 * item.query_low:+.2f}, {100 * item.query_high:+.2f}]")
         if pairs > 1:
             row.append(", ".join(f"{100 * value:+.2f}" for value in item.pair_diffs))
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     if a_sources:
         lines.append(f"A: {', '.join(a_sources)}. B: {', '.join(b_sources)}.")
-    pooled = "1 pair" if pairs == 1 else f"{pairs} pairs (A, B: means over pairs)"
-    lines.append(f"Points (percent); {pooled}. Paired bootstrap over queries, {replicates} replicates, "
-                 f"seed {seed}: each replicate draws the "
-                 "queries (captions for image_retrieval, images otherwise) with replacement once and applies "
-                 "that draw to A and B of every pair; its difference is the mean over pairs of A - B. "
-                 f"{level} CI: percentile interval of the replicate differences.")
-    if any(item.metric == "mean_per_class_recall" for item in comparisons):
-        lines.append("mean_per_class_recall: per-class top-1 recall recomputed on each replicate and averaged "
-                     "over the classes drawn in it.")
+    lines += _footer(comparisons, pairs, level, replicates, seed, has_primary)
     return "\n".join(lines) + "\n"
+
+
+def _footer(comparisons: Sequence[Comparison], pairs: int, level: str, replicates: int, seed: int,
+            has_primary: bool) -> list[str]:
+    pooled = "1 pair" if pairs == 1 else f"{pairs} pairs (A, B: means over pairs)"
+    lines = [f"Points (percent); {pooled}."]
+    if pairs > 1:
+        lines.append(f"{level} CI ({SEEDS_AND_QUERIES}), the interval to report: mean over pairs of A - B "
+                     f"+- sqrt(t^2 * (variance of the per-pair A - B) / {pairs} + z^2 * (query effect common to "
+                     f"all pairs)), t Student's quantile with {pairs - 1} degrees of freedom, z the normal one "
+                     "(clipdro/stats.py); it covers the variation between training seeds and query sampling.")
+    lines.append(f"{level} CI ({QUERIES_ONLY}): paired bootstrap over queries, {replicates} replicates, seed {seed}: "
+                 "each replicate draws the queries (captions for image_retrieval, images otherwise) with "
+                 "replacement once and applies that draw to A and B of every pair; its difference is the mean over "
+                 "pairs of A - B; percentile interval of the replicate differences. "
+                 + ("With 1 pair this is the only interval: it covers query sampling only, not the variation "
+                    "between training seeds (compare one pair per seed to cover that)." if pairs == 1 else
+                    "It does not cover the variation between training seeds."))
+    if has_primary:
+        primary = next(item.metric for item in comparisons if item.primary)
+        lines.append(f"Primary metric (named with --primary before the comparison): {primary}; every other row is "
+                     "secondary.")
+    if any("mean_per_class_recall" in item.metric for item in comparisons):
+        lines.append("mean_per_class_recall: per-class top-1 recall recomputed on each replicate and averaged "
+                     "over the classes drawn in it" + ("; its seeds-and-queries interval uses its linearisation "
+                                                      "per query." if pairs > 1 else "."))
+    return lines
+
+
+def _comparison_csv(comparisons: Sequence[Comparison], pairs: int, has_primary: bool, replicates: int, seed: int,
+                    confidence: float) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "role", "queries", "num_queries", "pairs", "a_points", "b_points", "diff_points",
+                     "ci_low_points", "ci_high_points", "ci_covers", "query_ci_low_points", "query_ci_high_points",
+                     "confidence", "replicates", "seed", "pair_diffs_points"])
+    for item in comparisons:
+        role = ("primary" if item.primary else "secondary") if has_primary else ""
+        writer.writerow([item.metric, role, item.queries, "+".join(str(count) for _, count in item.query_sets),
+                         pairs, 100 * item.a, 100 * item.b, 100 * item.diff, 100 * item.low, 100 * item.high,
+                         item.covers, 100 * item.query_low, 100 * item.query_high, confidence, replicates, seed,
+                         ";".join(repr(100 * value) for value in item.pair_diffs)])
+    return buffer.getvalue()

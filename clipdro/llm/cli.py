@@ -130,14 +130,16 @@ def eval_main(argv: list[str]) -> int:
 def compare_main(argv: list[str]) -> int:
     parser = UsageArgumentParser(
         prog="clipdro llm compare",
-        description="Paired perplexity differences A - B over the same held-out documents, seeds pooled, with a "
-                    "bootstrap interval over documents.")
+        description="Paired perplexity differences A - B over the same held-out documents, averaged over seeds (one "
+                    "pair per seed). ci95: with two or more pairs an interval over seeds and documents, with one pair "
+                    "the bootstrap over documents only; ci95_documents_only: that bootstrap (seeds pooled).")
     parser.add_argument("files", nargs="+", type=Path, help="A.json B.json [A2.json B2.json ...] of `clipdro llm "
                                                              "eval --output`; each pair = one seed")
     parser.add_argument("--a-metric", default="perplexity", choices=PERPLEXITIES, help="metric of each A file")
     parser.add_argument("--b-metric", default="perplexity", choices=PERPLEXITIES, help="metric of each B file")
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPLICATES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPLICATES,
+                        help=f"replicates of the bootstrap over documents (default {BOOTSTRAP_REPLICATES}; 0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     args = parser.parse_args(argv)
     from clipdro.llm.results import compare_files
 

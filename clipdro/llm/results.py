@@ -10,13 +10,19 @@ at least one token) and recomputes perplexity = exp(sum of the drawn documents' 
 For a comparison, the same draw is applied to A and B of every pair (one pair per seed), and the
 replicate's difference is the mean over pairs of perplexity(A_p) - perplexity(B_p); the interval is
 the percentile interval of the replicates. Resampling documents, not tokens, keeps the dependence
-between the tokens of one document inside each draw. Pure numpy (no transformers).
+between the tokens of one document inside each draw. This interval covers document sampling only,
+not the variation between training seeds.
+
+With two or more pairs the comparison's default interval covers both (seeds and documents):
+:func:`clipdro.stats.seed_query_interval` on each document's linearised contribution to each pair's
+perplexity difference (:func:`linearised_perplexity`). Pure numpy (no transformers).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 
 from clipdro.errors import UsageError
+from clipdro.stats import seed_query_interval
 
 RESULT_FORMAT = "clipdro-llm-eval/1"
 BOOTSTRAP_REPLICATES = 10_000
@@ -116,9 +123,20 @@ def load_result(path: Path) -> dict:
     return record
 
 
+def linearised_perplexity(tokens: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """[D] per-document values whose mean is perplexity = exp(L / T) (L = sum of ``losses``, T = sum of
+    ``tokens``, D documents): ppl * (1 + D * (l_j - t_j * L / T) / T), each document's influence on the
+    perplexity (delta method), so their spread over documents is its document-sampling variance."""
+    total_tokens, total_loss = tokens.sum(), losses.sum()
+    perplexity = math.exp(total_loss / total_tokens)
+    return perplexity * (1 + len(tokens) * (losses - tokens * total_loss / total_tokens) / total_tokens)
+
+
 def compare_files(paths: Sequence[Path], a_metric: str, b_metric: str, replicates: int, seed: int) -> dict:
     """The paired comparison of result files A B [A2 B2 ...] (one pair per seed) on metric a_metric of
-    each A and b_metric of each B: the mean difference and its interval (module docstring)."""
+    each A and b_metric of each B: the mean difference and its intervals (module docstring).
+    ``ci95``: over seeds and documents with two or more pairs, else over documents only (``ci95_covers``
+    says which; None with one pair and ``replicates`` 0); ``ci95_documents_only``: the bootstrap."""
     records = [load_result(Path(path)) for path in paths]
     fingerprints = {record["targets_sha256"] for record in records}
     if len(fingerprints) != 1:
@@ -135,8 +153,17 @@ def compare_files(paths: Sequence[Path], a_metric: str, b_metric: str, replicate
         rows.append({"a": str(a_path), "b": str(b_path), "a_value": a["metrics"][a_metric],
                      "b_value": b["metrics"][b_metric],
                      "difference": a["metrics"][a_metric] - b["metrics"][b_metric]})
+    documents_only = paired_difference(pairs, replicates, seed) if replicates else None
+    interval, covers = documents_only, "documents only"
+    if len(pairs) > 1:
+        keep = pairs[0][0] > 0
+        per_document = np.stack([linearised_perplexity(tokens[keep], a_losses[keep])
+                                 - linearised_perplexity(tokens[keep], b_losses[keep])
+                                 for tokens, a_losses, b_losses in pairs])
+        seeds_and_documents = seed_query_interval([per_document], CONFIDENCE)
+        interval, covers = [seeds_and_documents.low, seeds_and_documents.high], "seeds and documents"
     return {"a_metric": a_metric, "b_metric": b_metric, "pairs": rows,
             "mean_difference": float(np.mean([row["difference"] for row in rows])),
-            "ci95": paired_difference(pairs, replicates, seed) if replicates else None,
+            "ci95": interval, "ci95_covers": covers, "ci95_documents_only": documents_only,
             "bootstrap": {"replicates": replicates, "seed": seed,
                           "unit": "held-out document, the same draw for every pair"}}
