@@ -8,7 +8,7 @@ import yaml
 from evalset_factory import write_clip_benchmark_classification, write_imagefolder
 
 from clipdro.cli import main
-from clipdro.eval import cli as eval_cli
+from clipdro.eval import suite as eval_suite
 
 CLASSNAMES = ["red fox", "green frog", "blue whale", "yellow duck", "grey wolf"]
 MODEL = ["--model", "clipdro-tiny-vit", "--seed", "0", "--device", "cpu"]
@@ -38,8 +38,8 @@ def test_suite_runs_every_task_on_one_model_and_reports_the_failures(data, tmp_p
     ]}
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
     loads = []
-    real_load_model = eval_cli.load_model
-    monkeypatch.setattr(eval_cli, "load_model", lambda args: loads.append(args.model) or real_load_model(args))
+    real_load_model = eval_suite.load_model
+    monkeypatch.setattr(eval_suite, "load_model", lambda args: loads.append(args.model) or real_load_model(args))
     out = tmp_path / "out"
     assert main(["eval", "suite", str(tmp_path / "suite.yaml"), *MODEL, "--output-dir", str(out)]) == 1
     assert loads == ["clipdro-tiny-vit"]  # the model is loaded once

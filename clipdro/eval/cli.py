@@ -124,6 +124,12 @@ def _build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--output-dir", help="folder of the result files and summary (default: the file's "
                                             "output_dir, else results/<suite file stem>)")
 
+    _add_table_commands(commands)
+    return parser
+
+
+def _add_table_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands that read result files: summarize and compare."""
     summarize = commands.add_parser("summarize", help="table of result JSON files")
     summarize.add_argument("results", nargs="+", help="result JSON files")
     summarize.add_argument("--format", choices=["markdown", "csv"], default="markdown")
@@ -143,7 +149,6 @@ def _build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     comparison.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     comparison.add_argument("--output", help="write the table here instead of printing it")
-    return parser
 
 
 def _summarize(args: argparse.Namespace) -> int:
