@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo demo-pretrained clean-venv gpu-wheels gpu-check gpu-rehearsal
+.PHONY: test test-slow lint demo demo-pretrained clean-venv gpu-wheels gpu-check gpu-rehearsal
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -11,9 +11,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[cpu,dev,llm,pretrained]'
 	touch $(STAMP)
 
+# The default suite (tests not marked slow): at most 180 s of pytest time on 2 CPU cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q --durations=15
+
+# The tests marked slow (multi-process fault injection, whole demos, benchmark sweeps): CI runs them too.
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m slow --durations=15
 
 # The main job: train on the embedded data (CPU), print retrieval / zero-shot results, write the tau report.
 demo: $(STAMP)

@@ -20,6 +20,9 @@ from clipdro.train_config import TrainConfig
 from tests.shard_factory import image_bytes
 
 NUM_SAMPLES = 48
+# The headings every `clipdro report` of a per-sample run has (a labelled set adds "## Mean temperature per class").
+REPORT_SECTIONS = ["# Learned temperatures", "## Temperature distributions", "## Temperature vs caption commonness",
+                   "## Captions with the lowest and highest tau"]
 BATCH = 8  # train_overrides' batch: one epoch of the `shards` fixture (tests/conftest.py) is 6 steps
 VOCABULARY = ["red", "blue", "cat", "dog", "tree", "house", "car", "moon", "star", "boat", "fish", "bird"]
 

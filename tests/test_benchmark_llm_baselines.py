@@ -18,6 +18,7 @@ TEXTS = {
 }
 
 
+@pytest.mark.slow  # about 20 LLM runs and reports in subprocesses
 def test_three_modes_table_and_reuse(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

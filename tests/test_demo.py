@@ -1,11 +1,14 @@
-"""A shortened `make demo`: the demo config trains on the embedded data, evaluates, and reports."""
+"""A shortened `make demo`: the demo config trains on the embedded data, evaluates, and reports (slow: the
+report's parts are tested on a tiny run in tests/test_report.py)."""
 
 import pytest
 
 from clipdro import cli
 from tests.launch import REPO_ROOT
+from tests.run_factory import REPORT_SECTIONS
 
 
+@pytest.mark.slow
 def test_demo_config_trains_evaluates_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)  # the demo config names data/openclipart/... relative to the repository
     status = cli.main(["train", "--config", "configs/demo.yaml", f"run.output_dir={tmp_path}",
@@ -19,7 +22,9 @@ def test_demo_config_trains_evaluates_and_reports(tmp_path, monkeypatch, capsys)
     run_dir = tmp_path / "demo"
     assert cli.main(["report", str(run_dir), "--data", "data/openclipart/test", "--max-train-samples", "500"]) == 0
     report = (run_dir / "report" / "report.md").read_text()
-    assert "tau" in report.lower()
+    for section in [*REPORT_SECTIONS, "## Mean temperature per class"]:
+        assert section in report
+    assert "500 training samples" in report  # --max-train-samples
     assert any(path.suffix == ".png" for path in (run_dir / "report").iterdir())
 
 

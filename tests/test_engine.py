@@ -10,20 +10,24 @@ from clipdro.train import train
 from tests.run_factory import config_for, step_losses
 
 
-def test_resume_across_periodic_evaluations_reproduces_the_uninterrupted_run(shards, labelled_evalset, tmp_path):
-    # Dropout draws from the torch RNG every step; an evaluation that consumed it (a DataLoader draws its
-    # base seed) would make the run depend on whether the evaluation ran between checkpoint and resume.
-    common = ("run.epochs=2", "tempnet.dropout=0.5", f"eval.retrieval=[{labelled_evalset}]", "eval.every_steps=2",
-              "eval.batch_size=4")
+def test_an_interrupted_and_resumed_run_reproduces_the_uninterrupted_run(shards, labelled_evalset, tmp_path):
+    # Everything random is on: TempNet dropout, the shuffle buffer, random augmentation; each must continue
+    # from the checkpoint. Dropout draws from the torch RNG every step; an evaluation that consumed it (a
+    # DataLoader draws its base seed) would make the run depend on whether the evaluation ran between
+    # checkpoint and resume. (Signals and separate processes: tests/test_faults_run.py.)
+    common = ("run.epochs=2", "tempnet.dropout=0.5", "data.shuffle_buffer=16", "model.train_transform=train",
+              f"eval.retrieval=[{labelled_evalset}]", "eval.every_steps=2", "eval.batch_size=4")
     full = tmp_path / "full"
     train(config_for(shards, full, *common))
     parts = tmp_path / "parts"
     train(config_for(shards, parts, *common, "run.stop_after=4"))
     train(config_for(shards, parts, *common), resume="latest")
     assert step_losses(parts) == pytest.approx(step_losses(full), abs=0, rel=1e-12)
+    assert [path.name for path in list_checkpoints(parts)][:1] == ["step_000000004.pt"]
     final_full, final_parts = (load_checkpoint(list_checkpoints(run)[-1]) for run in (full, parts))
-    for key, value in final_full["model"].items():
-        assert torch.equal(final_parts["model"][key], value), key
+    for section in ("model", "loss"):
+        for key, value in final_full[section].items():
+            assert torch.equal(final_parts[section][key], value), f"{section}.{key}"
 
 
 def test_in_training_evaluation_uses_the_run_precision(shards, labelled_evalset, tmp_path, monkeypatch):

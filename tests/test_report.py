@@ -18,10 +18,7 @@ from clipdro.eval.temperature_report import (
 )
 from clipdro.stats import distribution_summary, quantile_bins, spearman
 from tests.evalset_factory import CLASSNAMES, write_tiny_evalset
-from tests.run_factory import NUM_SAMPLES
-
-SECTIONS = ["# Learned temperatures", "## Temperature distributions", "## Temperature vs caption commonness",
-            "## Captions with the lowest and highest tau"]
+from tests.run_factory import NUM_SAMPLES, REPORT_SECTIONS
 
 
 def test_caption_words_are_distinct_lowercase_letter_and_digit_runs():
@@ -76,7 +73,7 @@ def test_tempnet_report_end_to_end(tempnet_run, tmp_path):
                  "training_taus.csv", "tau_vs_commonness.csv", "tau_per_class.csv"):
         assert (output / name).stat().st_size > 0, name
     markdown = (output / "report.md").read_text()
-    for section in [*SECTIONS, "## Mean temperature per class"]:
+    for section in [*REPORT_SECTIONS, "## Mean temperature per class"]:
         assert section in markdown
     assert f"{NUM_SAMPLES} training samples (all readable samples of " in markdown
     assert "evaluation set 'tiny-shapes' (6 images, 12 captions)" in markdown
@@ -96,7 +93,7 @@ def test_isogclr_report_reads_the_tau_tables(isogclr_run, tmp_path):
             "--max-train-samples", "20", "--data", str(evalset_dir), "--output", str(output)]
     assert main(argv) == 0
     markdown = (output / "report.md").read_text()
-    for section in SECTIONS:
+    for section in REPORT_SECTIONS:
         assert section in markdown
     assert f"all {NUM_SAMPLES:,} training samples with a text tau (seen in training)" in markdown
     assert "20 training samples (the first 20 readable samples in shard order of " in markdown

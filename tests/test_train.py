@@ -39,22 +39,6 @@ def test_every_loss_trains_and_writes_the_run_folder(shards, tmp_path, loss_name
         assert int(state["loss"]["image_table.seen"].sum()) == 48  # one epoch visits every sample
 
 
-def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_run(shards, tmp_path):
-    common = ("run.epochs=2", "data.shuffle_buffer=16", "tempnet.dropout=0.5", "model.train_transform=train")
-    full = tmp_path / "full"
-    train(config_for(shards, full, *common))
-    parts = tmp_path / "parts"
-    train(config_for(shards, parts, *common, "run.stop_after=4"))
-    assert [path.name for path in list_checkpoints(parts)] == ["step_000000004.pt"]
-    train(config_for(shards, parts, *common), resume="latest")
-    assert step_losses(parts) == pytest.approx(step_losses(full), abs=0, rel=1e-12)
-    final_full = load_checkpoint(list_checkpoints(full)[-1])
-    final_parts = load_checkpoint(list_checkpoints(parts)[-1])
-    for section in ("model", "loss"):
-        for key, value in final_full[section].items():
-            assert torch.equal(final_parts[section][key], value), f"{section}.{key}"
-
-
 def test_sigterm_writes_a_checkpoint_and_returns(shards, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     original = DROContrastiveLoss.forward
