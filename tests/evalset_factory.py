@@ -4,13 +4,13 @@ images in CLIP_benchmark's webdataset layout and as an ImageFolder tree."""
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from clipdro.data.evalset import EvalSet
+from tests.shard_factory import write_tar
 
 CLASSNAMES = ["circle", "square", "star"]
 
@@ -37,15 +37,6 @@ def coloured_png(index: int, label: int, size: int = 32) -> bytes:
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def write_clip_benchmark_classification(root: Path, labels: list[int], classnames: list[str], templates: list[str],

@@ -7,7 +7,8 @@ import json
 import threading
 
 import pytest
-from evalset_factory import coloured_png, write_clip_benchmark_classification, write_imagefolder, write_tar
+from evalset_factory import coloured_png, write_clip_benchmark_classification, write_imagefolder
+from shard_factory import write_tar
 
 from clipdro.cli import main
 from clipdro.data.eval_converters import read_clip_benchmark_set
