@@ -77,7 +77,7 @@ def test_dataset_tau_falls_as_rho_grows_at_the_rate_the_tempered_variance_gives(
 def test_matched_taus_have_the_level_as_geometric_mean_and_kl_equal_to_the_matched_rho():
     images, texts = features(0)
     for level in (0.066, 0.3):
-        matched = matched_dataset_taus(images, texts, level, start_rho=4.92, tolerance=1e-4, chunk=7)
+        matched = matched_dataset_taus(images, texts, level, start_rho=4.92, tolerance=1e-4, chunk=16)
         assert abs(matched.taus.log().mean().item() - math.log(level)) < 1e-4
         assert 0 < matched.rho < math.log(39) and matched.steps <= 10
         assert torch.allclose(competitor_kl(images, texts, matched.taus), torch.full((40,), matched.rho), atol=1e-4)
