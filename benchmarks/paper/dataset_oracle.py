@@ -16,18 +16,32 @@ help here" at a given rho. Training uses SogCLR's estimator (the same as the tem
 these temperatures.
 
 ``loss.options``: ``smoothing`` (weight of the new tau* in a log-space moving average across
-epochs; 1, the default, replaces it) and ``level`` (rescale each refresh to this geometric-mean
-tau, isolating the spread from the level; default: none). Between refreshes the taus are fixed.
-The tables are buffers of the loss, so they are checkpointed with it.
+epochs; 1, the default, replaces it), ``level`` (a geometric-mean tau, isolating the spread from the
+level; default: none) and ``level_by``, how a refresh is brought to that level:
+
+- ``rescale`` (default): tau*_i at rho, multiplied by level / (geometric mean), then clipped to
+  [``temperature.min``, ``temperature.max``];
+- ``rho``: tau*_i at the margin rho' whose tau* has geometric mean ``level``, found anew at every
+  refresh (:func:`matched_dataset_taus`), neither rescaled nor clipped: every sample's temperature is
+  the DRO rule itself, KL = rho', at the one margin that gives the level. ``loss.rho`` is then only the
+  first refresh's starting guess. Each side's rho' and how many of its tau* sit on the search bounds
+  are buffers (``image_matched_rho``, ``text_matched_at_bounds``, ...) and logged metrics.
+
+    python -m benchmarks.paper.dataset_oracle --config ... loss.options.level=0.066 loss.options.level_by=rho
+
+Between refreshes the taus are fixed. The tables are buffers of the loss, so they are checkpointed with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import logging
+import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import open_clip
 import torch
@@ -50,21 +64,98 @@ from clipdro.train_config import ModelConfig
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrained.yaml"
 EMBED_BATCH = 256
+log = logging.getLogger("clipdro.dataset_oracle")
 
 
-def dataset_taus(anchors: torch.Tensor, candidates: torch.Tensor, rho: float, tau_min: float, tau_max: float,
-                 chunk: int = 1024) -> torch.Tensor:
-    """tau*_i for every row i of ``anchors`` [N, d] against all other rows of ``candidates`` [N, d]
-    (row i of each is a positive pair), in chunks of rows: [N]."""
-    taus = []
+def competitor_gap_chunks(anchors: torch.Tensor, candidates: torch.Tensor, chunk: int = 1024):
+    """Yield (rows, h) for chunks of rows of ``anchors`` [N, d] against ``candidates`` [N, d] (row i of each is a
+    positive pair): h = the gaps s_ij - s_ii of each row's N - 1 competitors j != i, [len(rows), N - 1]."""
     for start in range(0, len(anchors), chunk):
         rows = torch.arange(start, min(start + chunk, len(anchors)))
         scores = anchors[rows] @ candidates.t()  # [chunk, N]
         gaps = scores - scores[torch.arange(len(rows)), rows][:, None]
         competitors = torch.ones_like(gaps, dtype=torch.bool)
         competitors[torch.arange(len(rows)), rows] = False
-        taus.append(best_taus(gaps[competitors].view(len(rows), -1), rho, tau_min, tau_max))
-    return torch.cat(taus)
+        yield rows, gaps[competitors].view(len(rows), -1)
+
+
+def dataset_taus(anchors: torch.Tensor, candidates: torch.Tensor, rho: float, tau_min: float, tau_max: float,
+                 chunk: int = 1024) -> torch.Tensor:
+    """tau*_i for every row i of ``anchors`` [N, d] against all other rows of ``candidates`` [N, d]
+    (row i of each is a positive pair), in chunks of rows: [N]."""
+    return torch.cat([best_taus(gaps, rho, tau_min, tau_max)
+                      for _, gaps in competitor_gap_chunks(anchors, candidates, chunk)])
+
+
+def tempered_gap_variances(anchors: torch.Tensor, candidates: torch.Tensor, taus: torch.Tensor,
+                           chunk: int = 1024) -> torch.Tensor:
+    """Var_{p_i}(h_i / tau_i) per row, p_i = softmax(h_i / tau_i) over the N - 1 competitors: [N].
+
+    With x = h / tau and KL(tau) = sum_j p_j x_j - log sum_j exp(x_j) + log m, dKL/dx_j = p_j (x_j - E_p x) and
+    dx / d(log tau) = -x, so dKL / d(log tau) = -Var_p(x) <= 0: the KL falls as tau grows (strictly unless the
+    gaps are all equal), so tau*_i(rho) falls as rho grows, with d log tau*_i / d rho = -1 / Var_p(x) at tau*_i.
+    """
+    variances = []
+    for rows, gaps in competitor_gap_chunks(anchors, candidates, chunk):
+        tempered = gaps / taus[rows, None]
+        p = torch.softmax(tempered, dim=-1)
+        mean = (p * tempered).sum(-1, keepdim=True)
+        variances.append((p * (tempered - mean) ** 2).sum(-1))
+    return torch.cat(variances)
+
+
+class MatchedTaus(NamedTuple):
+    rho: float  # the margin rho' whose dataset-scope tau* has the target geometric mean
+    taus: torch.Tensor  # tau*_i(rho') per row, unclipped (searched in SOLVE_TAU_BOUNDS) [N]
+    steps: int  # evaluations of dataset_taus it took
+
+
+# tau* is searched in best_taus' own bracket, so the reachable geometric means are the open interval between.
+SOLVE_TAU_BOUNDS = (1e-4, 10.0)
+
+
+def check_matchable_level(level: float) -> None:
+    """UsageError unless some rho' in (0, log(N - 1)) gives the geometric mean ``level``: as rho -> 0 every
+    tau*_i -> infinity (KL -> 0 needs a flat softmax) and as rho -> log(N - 1) every tau*_i -> 0, so with the
+    search bracket SOLVE_TAU_BOUNDS the reachable geometric means are exactly the open interval between them."""
+    low, high = SOLVE_TAU_BOUNDS
+    if not low < level < high:
+        raise UsageError(f"dataset-oracle: no rho' reaches the geometric-mean level {level}: the dataset-scope "
+                         f"tau* reachable over rho' in (0, log(N - 1)) has geometric means in ({low}, {high})")
+
+
+def matched_dataset_taus(anchors: torch.Tensor, candidates: torch.Tensor, level: float, start_rho: float,
+                         tolerance: float = 1e-4, max_steps: int = 40, chunk: int = 1024) -> MatchedTaus:
+    """The margin rho' at which the dataset-scope tau*_i (KL(softmax(h_i / tau) || uniform_{N-1}) = rho') have
+    geometric mean ``level``, |mean_i log tau*_i - log level| < ``tolerance``, and those tau*_i.
+
+    g(rho) = mean_i log tau*_i(rho) falls as rho grows (:func:`tempered_gap_variances`), from log of the upper
+    search bound at rho -> 0 to log of the lower one at rho -> log(N - 1), so the root of g - log level is kept
+    in a bracket (low, high) that starts as (0, log(N - 1)) and only shrinks: a bisection. Each evaluation is one
+    :func:`dataset_taus` over N x (N - 1) gaps (60 KL passes), so instead of halving the bracket each trial rho is
+    the Newton step from the last one, g' = -mean_i 1 / Var_p(h_i / tau*_i) (rows on a search bound do not move,
+    and count 0), and the bracket's midpoint whenever that step leaves the bracket: the bisection's guarantee at
+    a few evaluations when started near the answer (``start_rho``: the previous refresh's rho').
+    """
+    check_matchable_level(level)
+    low, high = 0.0, math.log(len(candidates) - 1)
+    rho = start_rho if low < start_rho < high else (low + high) / 2
+    tau_low, tau_high = SOLVE_TAU_BOUNDS
+    for step in range(1, max_steps + 1):
+        taus = dataset_taus(anchors, candidates, rho, tau_low, tau_high, chunk)
+        miss = taus.log().mean().item() - math.log(level)  # > 0: too warm, rho' is larger
+        if abs(miss) < tolerance:
+            return MatchedTaus(rho, taus, step)
+        low, high = (rho, high) if miss > 0 else (low, rho)
+        moving = (taus > tau_low * 1.001) & (taus < tau_high / 1.001)
+        slope = -(moving / tempered_gap_variances(anchors, candidates, taus, chunk).clamp_min(1e-12)).mean().item()
+        newton = rho - miss / slope if slope < 0 else math.nan
+        rho = newton if low < newton < high else (low + high) / 2
+    raise RuntimeError(f"dataset-oracle: no rho' matched the level {level} within {tolerance} in {max_steps} "
+                       f"evaluations (last rho' {rho}, bracket ({low}, {high}))")
+
+
+LEVEL_RULES = ("rescale", "rho")  # loss.options.level_by
 
 
 @register_loss
@@ -72,15 +163,26 @@ class DatasetOracleLoss(SogCLRLoss):
     """SogCLR's estimator with each sample's dataset-scope tau*, refreshed at every epoch start."""
 
     name = "dataset-oracle"
-    option_names = ("smoothing", "level")
+    option_names = ("smoothing", "level", "level_by")
     config_sections = ("loss", "temperature", "data", "model")  # the model section: its name
 
     def __init__(self, num_samples: int, rho: float, tau_min: float, tau_max: float, tau_init: float,
                  steps_per_epoch: int, data: PipelineConfig, model_name: str, smoothing: float = 1.0,
-                 level: float | None = None, gamma: float = 0.8):
+                 level: float | None = None, gamma: float = 0.8, level_by: str = "rescale"):
         super().__init__(num_samples, tau=tau_init, gamma=gamma)
         if not 0.0 < smoothing <= 1.0:
             raise UsageError(f"dataset-oracle: loss.options.smoothing must lie in (0, 1], got {smoothing}")
+        if level_by not in LEVEL_RULES:
+            raise UsageError(f"dataset-oracle: loss.options.level_by must be one of {', '.join(LEVEL_RULES)}, "
+                             f"got {level_by!r}")
+        self.matched = level_by == "rho"
+        if self.matched:
+            if level is None:
+                raise UsageError("dataset-oracle: loss.options.level_by=rho needs loss.options.level")
+            check_matchable_level(level)
+            for side in ("image", "text"):  # rho' of the last refresh (the first one starts its search at rho)
+                self.register_buffer(f"{side}_matched_rho", torch.tensor(float(rho)))
+                self.register_buffer(f"{side}_matched_at_bounds", torch.zeros((), dtype=torch.long))
         self.oracle_rho, self.tau_min, self.tau_max = rho, tau_min, tau_max
         self.steps_per_epoch, self.smoothing, self.level = steps_per_epoch, smoothing, level
         self.data, self.model_name = data, model_name
@@ -99,7 +201,7 @@ class DatasetOracleLoss(SogCLRLoss):
         return cls(num_samples, loss.rho, temperature.min, temperature.max, temperature.init,
                    data.epoch_samples // data.batch_size, data, resolve_model_name(model.name),
                    smoothing=float(options.get("smoothing", 1.0)), level=None if level is None else float(level),
-                   gamma=loss.gamma)
+                   gamma=loss.gamma, level_by=str(options.get("level_by", "rescale")))
 
     def prepare_model(self, clip: torch.nn.Module) -> None:
         super().prepare_model(clip)
@@ -109,14 +211,19 @@ class DatasetOracleLoss(SogCLRLoss):
         if int(self.steps_taken) % self.steps_per_epoch == 0:
             self.refresh()
         self.steps_taken += 1
-        return super().forward(image_features, text_features, image_tau, text_tau, sample_ids)
+        output = super().forward(image_features, text_features, image_tau, text_tau, sample_ids)
+        if self.matched:  # logged with every log line: the rho' of the epoch's refresh
+            output.metrics |= {f"{side}_{key}": getattr(self, f"{side}_{key}").detach().float()
+                               for side in ("image", "text") for key in ("matched_rho", "matched_at_bounds")}
+        return output
 
     def anchor_temperatures(self, sample_ids, image_tau, text_tau):
         return self.image_taus[sample_ids], self.text_taus[sample_ids]
 
     @torch.no_grad()
-    def refresh(self) -> None:
-        """Embed every training pair with the current encoders and set each sample's tau*."""
+    def embed_training_set(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every training pair embedded with the current encoders (eval mode): sample ids [N], image and
+        text embeddings [N, d], L2-normalised."""
         if self._clip is None:
             raise RuntimeError("dataset-oracle: prepare_model was not called")
         if os.environ.get("WORLD_SIZE", "1") != "1":
@@ -135,17 +242,38 @@ class DatasetOracleLoss(SogCLRLoss):
                 texts.append(F.normalize(clip.encode_text(tokenizer([s.caption for s in chunk]).to(device)).float(),
                                          dim=-1))
                 ids += [sample.sample_id for sample in chunk]
-        ids_tensor = torch.tensor(ids, device=device)
-        image_embeddings, text_embeddings = torch.cat(images), torch.cat(texts)
-        for table, anchors, candidates in ((self.image_taus, image_embeddings, text_embeddings),
-                                           (self.text_taus, text_embeddings, image_embeddings)):
-            fresh = dataset_taus(anchors, candidates, self.oracle_rho, 1e-4, 10.0)
+        return torch.tensor(ids, device=device), torch.cat(images), torch.cat(texts)
+
+    def fresh_taus(self, side: str, anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """One side's tau* of this refresh. level_by=rescale: at rho, rescaled to the geometric mean ``level``
+        (when set) and clipped to [temperature.min, temperature.max]. level_by=rho: at the rho' whose tau* has
+        geometric mean ``level`` (:func:`matched_dataset_taus`), neither rescaled nor clipped."""
+        if not self.matched:
+            fresh = dataset_taus(anchors, candidates, self.oracle_rho, *SOLVE_TAU_BOUNDS)
             if self.level is not None:
                 fresh = fresh * (self.level / fresh.log().mean().exp())
-            fresh = fresh.clamp(self.tau_min, self.tau_max)
-            previous = table[ids_tensor].to(fresh)
+            return fresh.clamp(self.tau_min, self.tau_max)
+        matched_rho = getattr(self, f"{side}_matched_rho")
+        solved = matched_dataset_taus(anchors, candidates, self.level, float(matched_rho))
+        at_bounds = int(((solved.taus <= SOLVE_TAU_BOUNDS[0] * 1.001) |
+                         (solved.taus >= SOLVE_TAU_BOUNDS[1] / 1.001)).sum())
+        matched_rho.fill_(solved.rho)
+        getattr(self, f"{side}_matched_at_bounds").fill_(at_bounds)
+        log.info("dataset-oracle %s: rho' %.5f gives geometric mean %.5f (level %g) in %d evaluations; tau* "
+                 "%.4g-%.4g, %d on the search bounds %s", side, solved.rho, solved.taus.log().mean().exp(),
+                 self.level, solved.steps, solved.taus.min(), solved.taus.max(), at_bounds, SOLVE_TAU_BOUNDS)
+        return solved.taus
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Embed every training pair with the current encoders and set each sample's tau*."""
+        ids, image_embeddings, text_embeddings = self.embed_training_set()
+        for side, table, anchors, candidates in (("image", self.image_taus, image_embeddings, text_embeddings),
+                                                 ("text", self.text_taus, text_embeddings, image_embeddings)):
+            fresh = self.fresh_taus(side, anchors, candidates)
+            previous = table[ids].to(fresh)
             mixed = (self.smoothing * fresh.log() + (1 - self.smoothing) * previous.log()).exp()
-            table[ids_tensor] = mixed.to(table)
+            table[ids] = mixed.to(table)
 
 
 def competitor_kl(anchors: torch.Tensor, candidates: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@
 #
 #   bash benchmarks/paper/pretrained_sweeps.sh               # all stages
 #   bash benchmarks/paper/pretrained_sweeps.sh duplicates    # one of: main oracle duplicates isogclr rho3 lr10 tau-paper
-#                                                            # cold lr-select moving
+#                                                            # cold lr-select moving matched
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -66,15 +66,28 @@ stage_cold() {      # sogclr at iSogCLR's end point, one fixed tau = 0.01: tells
 stage_lr_select() {
     "$PYTHON" -m benchmarks.paper.tempnet_lr_selection --output-dir runs/pretrained-lr-selection
 }
+selected_tempnet_lr() {  # the TempNet learning rate stage lr-select chose
+    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' \
+        runs/pretrained-lr-selection/selection.json
+}
 stage_moving() {
     local lr SEEDS=(0 1 2 3 4)  # sweep sees this function's SEEDS (bash scopes dynamically)
-    lr=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' \
-        runs/pretrained-lr-selection/selection.json)
+    lr=$(selected_tempnet_lr)
     sweep runs/pretrained-moving clip sogclr tempnet -- "tempnet.lr=$lr"
+}
+# Issue 33: the level-matched DRO oracle. Each refresh gives every sample its dataset-scope tau* at the margin rho'
+# whose tau* has sogclr's geometric mean (unscaled, unclipped). Same folder, seeds and overrides as stage moving, so
+# its clip, sogclr and tempnet runs are reused, not retrained, and the folder's results.md (rewritten by every
+# sweep) keeps them next to the new method.
+stage_matched() {
+    local lr SEEDS=(0 1 2 3 4)
+    lr=$(selected_tempnet_lr)
+    sweep runs/pretrained-moving clip sogclr tempnet dataset-oracle-matched -- "tempnet.lr=$lr"
 }
 
 stages=("$@")
-[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold lr-select moving)
+[[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold lr-select moving
+                                     matched)
 for stage in "${stages[@]}"; do
     echo "=== stage $stage: $(date -u +%FT%TZ)"
     "stage_${stage//-/_}"

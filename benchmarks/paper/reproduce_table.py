@@ -100,14 +100,17 @@ METHODS |= {name: ["loss.name=oracle", f"loss.options.strength={strength}"]
 # "dataset-oracle-level" rescales every refresh to sogclr's level temperature.init (run_overrides adds it), so
 # that it differs from sogclr in the spread alone: over all N - 1 competitors the same rho asks for a far colder
 # tau than in a batch of B - 1 (docs/results.md, "The dataset-scope oracle").
+# "dataset-oracle-matched" reaches the same level by the margin instead: each refresh solves for the rho' whose
+# tau* has sogclr's geometric mean and uses those tau* unscaled and unclipped (the DRO rule itself at that rho').
 METHODS["dataset-oracle"] = ["loss.name=dataset-oracle"]
 METHODS["dataset-oracle-level"] = ["loss.name=dataset-oracle"]
-LEVELLED_METHODS = (*ORACLE_STRENGTHS, "dataset-oracle-level")
+METHODS["dataset-oracle-matched"] = ["loss.name=dataset-oracle", "loss.options.level_by=rho"]
+DATASET_ORACLES = ("dataset-oracle", "dataset-oracle-level", "dataset-oracle-matched")  # taus in the loss's tables
+LEVELLED_METHODS = (*ORACLE_STRENGTHS, "dataset-oracle-level", "dataset-oracle-matched")
 ENTRY_POINTS = {**dict.fromkeys(ORACLE_STRENGTHS, "benchmarks.paper.oracle_tau"),  # they register their loss
-                **dict.fromkeys(("dataset-oracle", "dataset-oracle-level"), "benchmarks.paper.dataset_oracle")}
+                **dict.fromkeys(DATASET_ORACLES, "benchmarks.paper.dataset_oracle")}
 DEFAULT_METHODS = ["clip", "sogclr", "isogclr", "tempnet"]
 PER_SAMPLE_METHODS = ("isogclr", "tempnet")
-DATASET_ORACLES = ("dataset-oracle", "dataset-oracle-level")  # per-sample taus in the loss's checkpointed tables
 
 # (column title, metrics.jsonl key) in table order; IR = text->image, TR = image->text (method.md §5)
 METRICS = [
