@@ -354,7 +354,7 @@ class ShardStream(IterableDataset):
                 yield sample
             # A damaged shard split into pieces is counted once: by the piece whose range holds the damage.
             if read.error is not None and (piece.start == 0 or read.intact >= piece.start):
-                log.warning("shard %s: %s (%d samples read before it; %d retries)", piece.url, read.error,
+                log.warning("shard %s: %s (%d samples read before it; %d retries)", piece.url, read.failures[-1],
                             read.intact, read.retries)
                 counter.skip("bad_shard")
             elif read.error is None and produced == 0:
@@ -562,4 +562,4 @@ def read_samples(sources: list[DataSource], limit: int | None = None) -> Iterato
                 produced += 1
                 yield RawSample(sample_id, caption, sample[extension])
             if read.error is not None:
-                log.warning("shard %s: %s (%d samples read before it)", url, read.error, read.intact)
+                log.warning("shard %s: %s (%d samples read before it)", url, read.failures[-1], read.intact)

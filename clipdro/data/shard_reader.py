@@ -39,12 +39,23 @@ def opener_url(url: str, url_commands: dict[str, str]) -> str:
     return url if command is None else "pipe:" + command.format(url=shlex.quote(url))
 
 
+def open_url(url: str, url_commands: dict[str, str] | None = None):
+    """``url`` opened for reading through webdataset's ``gopen`` (see :func:`opener_url`)."""
+    return gopen(opener_url(url, {**DEFAULT_URL_COMMANDS, **(url_commands or {})}))
+
+
+def describe(error: Exception) -> str:
+    """An error as one line: webdataset appends the stream and URL to ``args``; keep the message."""
+    message = str(error.args[0]) if error.args else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 @dataclass
 class ShardRead:
     """The outcome of reading one shard (or a piece of it), filled in while its samples are yielded."""
 
     url: str
-    intact: int = 0  # raw samples of the shard that arrived whole in the last attempt (before any failure)
+    intact: int = 0  # raw samples of the shard that arrived before any failure, in the attempt that got furthest
     error: Exception | None = None  # why the last attempt stopped before the shard's end (None: it did not)
     failures: list[str] = field(default_factory=list)  # every failed attempt, for the log
 
@@ -53,7 +64,7 @@ class ShardRead:
         return len(self.failures) - (self.error is not None)
 
 
-def _attempt(url: str, opened: str, errors: list[Exception]) -> Iterator[dict]:
+def _attempt(url: str, url_commands: dict[str, str] | None, errors: list[Exception]) -> Iterator[dict]:
     """One pass over the raw samples of a shard; failures are appended to ``errors``.
 
     The stream is closed at the end: for a ``pipe:`` (and curl) stream, closing waits for the
@@ -65,7 +76,7 @@ def _attempt(url: str, opened: str, errors: list[Exception]) -> Iterator[dict]:
         return True
 
     try:
-        stream = gopen(opened)
+        stream = open_url(url, url_commands)
     except Exception as error:  # noqa: BLE001 -- any opener failure is this shard's failure
         errors.append(error)
         return
@@ -91,36 +102,37 @@ def read_shard(url: str, read: ShardRead, start: int = 0, stop: int | None = Non
     retried up to ``retries`` times from the first sample not yet yielded (see the module doc);
     ``on_retry`` is called before each retry.
     """
-    opened = opener_url(url, {**DEFAULT_URL_COMMANDS, **(url_commands or {})})
     retries = retries if is_url(url) else 0
-    handled = 0  # raw samples yielded or passed over by earlier attempts: the next attempt skips them
+    handled = 0  # raw samples yielded or passed over: a retry skips them
+    held, held_index = None, -1  # the latest sample, yielded only once a later one arrives (it is whole then)
     while True:
         errors: list[Exception] = []
-        held, held_index, read.intact = None, 0, 0
-        attempt = _attempt(url, opened, errors)
+        intact = 0
+        attempt = _attempt(url, url_commands, errors)
         try:
             for index, sample in enumerate(attempt):
-                read.intact += not errors
+                intact += not errors
+                read.intact = max(read.intact, intact)
                 if index < handled:
                     continue
-                if held is not None:  # a later sample arrived, so the held one is whole
+                if held is not None and index > held_index:
                     yield held
                     held, handled = None, held_index + 1
                 if index < start:
                     handled = index + 1
                     continue
-                held, held_index = sample, index
+                held, held_index = sample, index  # at index == held_index, a retry's read replaces the earlier one
                 if stop is not None and index + 1 >= stop:
                     break
         finally:
             attempt.close()
         if not errors or read.retries >= retries:
             read.error = errors[0] if errors else None
-            read.failures += [str(errors[0])] if errors else []
+            read.failures += [describe(errors[0])] if errors else []
             if held is not None:  # after the last attempt, the sample at the damage is kept as read
                 yield held
             return
-        read.failures.append(str(errors[0]))
+        read.failures.append(describe(errors[0]))
         if on_retry is not None:
             on_retry(read)
         time.sleep(retry_delay_s * read.retries)
