@@ -1,5 +1,6 @@
 """Shards named by URL: http:// from a loopback server, pipe: commands, and s3:// through a pipe: opener."""
 
+import json
 import logging
 import os
 import stat
@@ -7,7 +8,7 @@ import tarfile
 
 import pytest
 import torch
-from shard_factory import serve_folder, write_img2dataset
+from shard_factory import serve_folder, write_dense, write_img2dataset
 
 from clipdro.cli import main
 from clipdro.data.manifest import Manifest, ShardInfo
@@ -120,3 +121,19 @@ def test_a_server_that_dies_mid_shard_is_skipped_and_counted(folder, tmp_path, m
     assert len(set(ids)) == len(ids) == len(readable) - 1 and set(ids) <= set(readable)
     assert loader.counts["bad_shard"] == 1 and "repeated" not in loader.counts
     assert "retry 2" in caplog.text and "00001.tar: " in caplog.text
+
+
+def test_clipdro_train_trains_from_a_manifest_of_http_shards_with_loader_workers(tmp_path):
+    write_dense(tmp_path / "dense", count=48, per_shard=12, size=32)
+    with serve_folder(tmp_path / "dense") as served:
+        manifest = index(f"{served.url}/train-{{000000..000003}}.tar", tmp_path / "http.json")
+        assert manifest.num_samples == 48 and all(s.path.startswith("http://") for s in manifest.shards)
+        served.requests.clear()
+        run = tmp_path / "run"
+        assert main(["train", f"data.sources=[{{shards: {tmp_path / 'http.json'}}}]", "data.batch_size=8",
+                     "data.num_workers=2", "data.resampled=false", "data.shuffle_buffer=4", "loss.rho=1.0",
+                     "model.train_transform=eval", f"run.output_dir={tmp_path}", "run.name=run", "run.epochs=1",
+                     "run.log_every=1"]) == 0
+        assert sum(served.requests.values()) == 4  # each shard streamed once
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in steps if "loss" in record] == [1, 2, 3, 4, 5, 6]

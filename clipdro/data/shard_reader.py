@@ -1,7 +1,8 @@
 """Reading the raw samples of one shard (a local path or a URL), with bounded retries for URLs.
 
 Shard names are kept as written everywhere (manifests, ``__url__`` of a sample, logs). Opening
-one goes through webdataset's ``gopen``: a local path is a file, ``http(s)://`` runs ``curl``,
+one goes through webdataset's ``gopen`` (the tar is then parsed by :mod:`clipdro.data.tar_samples`):
+a local path is a file, ``http(s)://`` runs ``curl``,
 ``pipe:CMD`` runs CMD in a shell and reads its stdout. Schemes webdataset has no opener for
 (``s3://`` ...) are opened through a ``pipe:`` command from :data:`DEFAULT_URL_COMMANDS`
 (``{url}`` becomes the shell-quoted URL); the run config can replace or add commands.
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from clipdro.data.config import DEFAULT_URL_COMMANDS
 from clipdro.data.manifest import is_url
+from clipdro.data.tar_samples import tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,6 @@ def _attempt(url: str, url_commands: dict[str, str] | None, errors: list[Excepti
     command and raises on a failed exit status, so a download that ends early is not a silent
     loss. Closing after the caller stopped early is not checked (the command then dies of SIGPIPE).
     """
-    def keep_going(error: Exception) -> bool:
-        errors.append(error)
-        return True
-
     try:
         stream = open_url(url, url_commands)
     except Exception as error:  # noqa: BLE001 -- any opener failure is this shard's failure
@@ -82,8 +79,7 @@ def _attempt(url: str, url_commands: dict[str, str] | None, errors: list[Excepti
         return
     finished = False
     try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=keep_going)
-        yield from group_by_keys(files, handler=keep_going)
+        yield from tar_samples(stream, url, errors)
         finished = True
     finally:
         try:
