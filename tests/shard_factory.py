@@ -1,12 +1,20 @@
 """Tiny shard sets for the data tests: dense shards from our writer, img2dataset-style shards
 with gappy keys, and raw tars for corrupt members. Images are 16 px JPEGs whose colour
-encodes the sample id, so a test can tell samples apart after decoding."""
+encodes the sample id, so a test can tell samples apart after decoding. :func:`serve_folder`
+serves a folder over loopback HTTP, optionally cutting a response off part-way."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from PIL import Image
@@ -63,3 +71,71 @@ def write_img2dataset(folder: Path, rows_per_shard: list[list[int]], rows_digits
             (folder / f"{shard:05d}_stats.json").write_text(
                 json.dumps({"count": 10**rows_digits, "successes": len(rows)}))
     return keys
+
+
+@dataclass
+class ServedFolder:
+    """A running loopback server of :func:`serve_folder`."""
+
+    url: str  # http://127.0.0.1:PORT
+    requests: Counter = field(default_factory=Counter)  # file name -> GET requests received
+    cut: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (bytes sent, of how many requests)
+    die_after_cut: bool = False  # the server stops after the first cut response
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def _handler(folder: Path, served: ServedFolder) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- http.server's name
+            name = self.path.lstrip("/")
+            served.requests[name] += 1
+            path = folder / name
+            if "/" in name or not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            keep, cut_requests = served.cut.get(name, (len(data), 0))
+            if served.requests[name] > cut_requests:
+                keep = len(data)
+            self.wfile.write(data[:keep])  # fewer bytes than announced: the client sees a broken transfer
+            if keep < len(data) and served.die_after_cut:
+                served.stop.set()
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path, cut: dict[str, tuple[int, int]] | None = None, die_after_cut: bool = False,
+                 max_requests: int = 500, lifetime_s: float = 120.0) -> Iterator[ServedFolder]:
+    """Serve the files of ``folder`` at http://127.0.0.1:PORT/NAME (a free port) while the block runs.
+
+    ``cut[name] = (n, k)``: the first k responses for ``name`` announce the whole file but send only n
+    bytes, then close. ``die_after_cut``: the server stops after the first such response (later
+    requests are refused). The server also stops by itself after ``max_requests`` requests or
+    ``lifetime_s`` seconds, and always at the end of the block.
+    """
+    served = ServedFolder(url="", cut=dict(cut or {}), die_after_cut=die_after_cut)
+    server = HTTPServer(("127.0.0.1", 0), _handler(folder, served))
+    server.timeout = 0.05
+    served.url = f"http://127.0.0.1:{server.server_address[1]}"
+    deadline = time.monotonic() + lifetime_s
+
+    def loop():
+        while not served.stop.is_set() and sum(served.requests.values()) < max_requests \
+                and time.monotonic() < deadline:
+            server.handle_request()  # returns after server.timeout when idle
+        server.server_close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        served.stop.set()
+        thread.join(timeout=5)

@@ -68,29 +68,21 @@ def test_same_seed_same_stream_and_epochs_differ(dense):
     assert not same_tensors(epoch0, epoch_tensors(make_loader([dense], resampled=False, seed=1)))
 
 
-def test_two_ranks_get_disjoint_shards(dense, monkeypatch):
-    seen = []
-    for rank in (0, 1):
+def test_finite_ranks_read_fixed_disjoint_ranges_with_more_workers_than_shards(dense, monkeypatch):
+    # 3 ranks x 2 workers = 6 readers of 4 shards: whole shards per worker would refuse this layout.
+    per_rank = []
+    for rank in range(3):
         monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("WORLD_SIZE", "3")
         loader = make_loader([dense], resampled=False, num_workers=2)
-        assert loader.dataset.planned_shards(rank, 0) == [loader.dataset._urls[rank]]
-        seen.append(set(epoch_ids(loader)))
-    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(48))
-
-
-def test_finite_mode_refuses_too_few_shards_and_too_long_epochs(dense, monkeypatch):
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(UsageError, match="a shard per worker"):
-        make_loader([dense], resampled=False, num_workers=2)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(UsageError, match="finite mode allows 1..12"):
-        make_loader([dense], resampled=False, epoch_samples=100)
-    with pytest.raises(UsageError, match="resampled mode needs epoch_samples"):
-        make_loader([dense])
-    with pytest.raises(UsageError, match="weights need resampled"):
-        make_loader([DataSource(str(dense), weight=2.0)], resampled=False)
+        assert len(loader) == 4  # 48 samples / 3 ranks = 16 = 4 batches of 4: nothing left out
+        pieces = [piece for worker in (0, 1) for piece in loader.dataset.planned_pieces(rank, worker, epoch=0)]
+        assert any(piece.start > 0 for piece in pieces)  # some shard is split between readers
+        epochs = [epoch_ids(loader), epoch_ids(loader)]
+        assert len(epochs[0]) == 16 and set(epochs[0]) == set(epochs[1])  # a fixed rank partition
+        assert epochs[0] != epochs[1]  # ... in a new order each epoch
+        per_rank.append(set(epochs[0]))
+    assert set.union(*per_rank) == set(range(48)) and sum(len(ids) for ids in per_rank) == 48
 
 
 def test_resampled_mode_mixes_sources_by_weight_and_differs_per_rank(tmp_path, monkeypatch):
@@ -203,3 +195,38 @@ def test_open_clip_transforms_and_tokenizer(dense):
     batch = next(iter(build_train_loader(config, transform, tokenizer)))
     assert torch.equal(before, torch.get_rng_state())  # the trainer's RNG stream is untouched
     assert batch.images.shape == (8, 3, 32, 32) and batch.tokens.shape == (8, 32)
+
+
+def test_resume_passes_over_delivered_samples_without_decoding_them(tmp_path, monkeypatch):
+    import clipdro.data.pipeline as pipeline
+
+    folder = tmp_path / "mixed"
+    write_dense(folder, count=40, per_shard=10)
+    # Undecodable images in the middle of shard 1: raw positions and good samples part ways.
+    write_tar(folder / "bad.tar", [(f"{i:09d}.jpg", b"not an image") for i in range(3)] +
+              [(f"{i:09d}.txt", b"picture number 0") for i in range(3)])
+    Manifest(num_samples=43, id_rule="key", root=folder,
+             shards=[ShardInfo(f"train-{i:06d}.tar", 10) for i in range(4)] + [ShardInfo("bad.tar", 3)]).save()
+    options = dict(resampled=False, num_workers=0, shuffle_buffer=5)
+    reference = epoch_tensors(make_loader([folder], **options))
+    assert len(reference) == 10
+    decoded = []
+    real_decode = pipeline._decode_image
+    monkeypatch.setattr(pipeline, "_decode_image", lambda sample: decoded.append(1) or real_decode(sample))
+    interrupted = make_loader([folder], **options)
+    for _ in zip(range(7), interrupted, strict=False):
+        pass
+    state = interrupted.state_dict()
+    decoded.clear()
+    resumed = make_loader([folder], **options)
+    resumed.load_state_dict(state)
+    assert same_tensors(epoch_tensors(resumed), reference[7:])
+    assert len(decoded) <= 3 * 4 + 3  # the 3 resumed batches and at most the 3 bad images, nothing before
+
+
+def test_old_loader_states_restart_the_epoch(dense, caplog):
+    loader = make_loader([dense], resampled=False)
+    state = loader.state_dict() | {"batches_done": 5}
+    del state["positions"]
+    loader.load_state_dict(state)
+    assert loader.batches_done == 0 and "no worker positions" in caplog.text

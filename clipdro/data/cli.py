@@ -2,6 +2,7 @@
 
     clipdro data from-csv --csv pairs.tsv --image-column filepath --caption-column title --out shards/
     clipdro data index /data/cc3m --out /data/cc3m/manifest.json
+    clipdro data index 'https://host/cc3m/{00000..00331}.tar' --out cc3m-urls.json
     clipdro data convert-karpathy --json coco_test.json --image-root /data/coco --out eval/coco-test
     clipdro data convert-clip-benchmark --shards 'wds_flickr30k/test/{0..4}.tar' --out eval/flickr30k
     clipdro data convert-imagefolder --root /data/imagenet/val --out eval/imagenet-val
@@ -110,8 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     verb.add_argument("--samples-per-shard", type=int, default=1000)
     verb.set_defaults(run=_from_csv)
 
-    verb = verbs.add_parser("index", help="img2dataset shards -> manifest.json (key id rule)")
-    verb.add_argument("shards", help="shard folder or brace pattern, e.g. 'data/{00000..00099}.tar'")
+    verb = verbs.add_parser("index", help="img2dataset shards (paths or URLs) -> manifest.json (key id rule)")
+    verb.add_argument("shards", help="shard folder or brace pattern of paths or URLs (http(s)://, pipe:CMD, "
+                                     "s3://), e.g. 'data/{00000..00099}.tar'")
     verb.add_argument("--out", required=True, help="manifest file to write")
     verb.set_defaults(run=_index)
 

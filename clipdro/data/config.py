@@ -6,13 +6,20 @@ imports webdataset or PIL; the pipeline imports these dataclasses from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# Shard URL schemes webdataset has no opener for -> a shell command writing the object to stdout
+# ({url} becomes the shell-quoted URL); read through webdataset's ``pipe:`` opener.
+DEFAULT_URL_COMMANDS: dict[str, str] = {"s3": "aws s3 cp {url} -"}
 
 
 @dataclass
 class DataSource:
-    shards: str  # a manifest.json, its folder, or a brace pattern of shards listed in that folder's manifest
+    # A manifest.json, its folder, or a brace pattern of shards (paths or URLs: http(s)://, pipe:, s3://)
+    # listed in a manifest: ``manifest`` when given, else the manifest in the shards' folder (paths only).
+    shards: str
     weight: float = 1.0  # resampled mode: expected share of this source's samples in the stream
+    manifest: str | None = None  # the manifest listing a brace pattern's shards; needed for URL patterns
 
 
 @dataclass
@@ -24,3 +31,6 @@ class PipelineConfig:
     num_workers: int = 2
     seed: int = 0
     shuffle_buffer: int = 1000  # raw samples per worker; 1 keeps shard order
+    shard_retries: int = 2  # a shard URL that fails part-way is re-opened this often, then skipped (bad_shard)
+    # scheme -> command for URL schemes webdataset cannot open (merged over DEFAULT_URL_COMMANDS)
+    url_commands: dict[str, str] = field(default_factory=dict)

@@ -12,16 +12,20 @@ Per worker and epoch the stream is::
 Modes:
 
 - resampled (default): each worker draws shards with replacement, forever; the epoch is
-  ``epoch_samples`` (all ranks together) cut into equal per-worker batch counts.
+  ``epoch_samples`` (all ranks together) cut into equal per-rank batch counts.
   Several sources mix by weight.
-- finite: the shards are split by rank (``wds.split_by_node``) then by worker
-  (``wds.split_by_worker``); each worker reads its shards in a per-epoch order. Every
-  worker yields the same number of batches N, at most what the smallest worker share
-  holds, so all ranks take the same number of steps (unequal counts would hang DDP).
+- finite: :mod:`clipdro.data.plan` cuts the shards at the sample level into one fixed range per
+  rank and, per epoch, one range per loader worker; every rank yields the same number of
+  batches (unequal counts would hang DDP) and at most one global batch of samples is unused.
 
-Every random choice (shard draws and order, shuffle buffer, random transforms) draws
-from a generator seeded by ``(seed, epoch, rank, worker)``, so an epoch's stream depends
-on nothing else: same seed -> same batches, and a resumed run rebuilds epoch e exactly.
+Rank batch b comes from loader worker b % workers; the loader re-orders batches by that index.
+
+Every random choice (shard draws and order, shuffle buffer) draws from a generator seeded by
+``(seed, epoch, rank, worker)``, and the random transform of a sample from one seeded by that and
+the sample's position in the worker's raw stream, so an epoch's stream depends on nothing else:
+same seed -> same batches, and a resumed run rebuilds epoch e exactly. Resuming passes over the
+raw samples a worker already delivered without decoding or transforming them (see
+:class:`ShardLoader`).
 
 Corrupt input never stops training: bad shards and samples are skipped and counted (see
 :data:`SKIP_REASONS`); the counts travel with each batch to the main process and add up
@@ -31,7 +35,6 @@ row without a good sample) raises, since waiting would hang forever.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -50,15 +53,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from clipdro.data.config import DataSource, PipelineConfig
-from clipdro.data.manifest import Manifest
+from clipdro.data.manifest import Manifest, is_url
+from clipdro.data.plan import ShardPiece, derive_seed, plan_finite, worker_batch_counts, worker_pieces
+from clipdro.data.shard_reader import ShardRead, read_shard
 from clipdro.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 SKIP_REASONS: dict[str, str] = {
-    "bad_shard": "a shard could not be opened or read to its end (missing, truncated, not a tar); "
-                 "its samples before the damage are kept",
-    "empty_shard": "a readable shard held no sample",
+    "bad_shard": "a shard could not be opened or read to its end (missing, truncated, not a tar, a URL "
+                 "that still failed after its retries); its samples before the damage are kept",
+    "empty_shard": "a readable shard (or the part of it one worker reads) held no sample",
     "missing_image": "no .jpg/.jpeg/.png/.webp member",
     "bad_image": "the image bytes do not decode",
     "missing_caption": "no .txt member",
@@ -83,7 +88,10 @@ class LoaderState:
     batches_done: int  # batches of ``epoch`` this rank has already received
     seed: int
     resampled: bool
-    layout: list[int]  # [world_size, workers, batch_size, batches_per_worker]: the stream depends on it
+    layout: list[int]  # [world_size, workers, batch_size, batches_per_rank]: the stream depends on it
+    # positions[rank][worker]: raw samples the worker had passed when it made its last batch among
+    # the first batches_done (None in states of loaders before these positions existed)
+    positions: list[list[int]] | None = None
 
 
 class TrainBatch(NamedTuple):
@@ -107,27 +115,38 @@ class _Source:
     weight: float
 
 
-def _derive_seed(*parts: Any) -> int:
-    """A 64-bit seed from the run seed and a position (epoch, rank, worker, purpose)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+def _shard_name(location: str) -> str:
+    """A shard as the loader names it: a URL unchanged (``Path`` would collapse its ``//``), a path normalised."""
+    return location if is_url(location) else str(Path(location))
+
+
+def _pattern_manifest(source: DataSource, urls: list[str]) -> Manifest:
+    """The manifest that lists a brace pattern's shards: ``source.manifest``, else the shards' folder's."""
+    if source.manifest is not None:
+        return Manifest.load(source.manifest)
+    if any(is_url(url) for url in urls):
+        raise UsageError(f"shard pattern {source.shards!r} names URLs: set this source's manifest to the "
+                         "manifest that lists them (clipdro data index PATTERN --out FILE writes one)")
+    folders = {Path(url).parent for url in urls}
+    if len(folders) != 1:
+        raise UsageError(f"shard pattern {source.shards!r} spans several folders; name one folder's shards")
+    return Manifest.load(folders.pop())
 
 
 def _resolve_source(source: DataSource, id_offset: int) -> _Source:
     location = source.shards
-    if "{" in location or location.endswith(".tar"):
-        urls = [str(Path(url)) for url in wds.shardlists.expand_urls(location)]
-        folders = {Path(url).parent for url in urls}
-        if len(folders) != 1:
-            raise UsageError(f"shard pattern {location!r} spans several folders; name one folder's shards")
-        manifest = Manifest.load(folders.pop())
-        listed = {str(Path(manifest.shard_url(shard))): shard.num_samples for shard in manifest.shards}
+    if "{" in location or location.endswith(".tar") or is_url(location):
+        urls = [_shard_name(url) for url in wds.shardlists.expand_urls(location)]
+        manifest = _pattern_manifest(source, urls)
+        listed = {_shard_name(manifest.shard_url(shard)): shard.num_samples for shard in manifest.shards}
         unknown = [url for url in urls if url not in listed]
         if unknown:
             raise UsageError(f"shard {unknown[0]} is not in {manifest.root / 'manifest.json'}")
         counts = [listed[url] for url in urls]
     else:
         manifest = Manifest.load(location)
-        urls, counts = manifest.shard_urls(), [shard.num_samples for shard in manifest.shards]
+        urls = [_shard_name(url) for url in manifest.shard_urls()]
+        counts = [shard.num_samples for shard in manifest.shards]
     manifest.check_files()
     if sum(counts) == 0:
         raise UsageError(f"source {location!r}: its manifest lists no samples in these shards")
@@ -150,25 +169,20 @@ def _resolve_sources(sources: list[DataSource]) -> list[_Source]:
     return resolved
 
 
-class _IsolatedTorchRng:
-    """A private torch CPU generator state for the random transforms.
+def _call_seeded(function: Transform, image: Image.Image, seed: int) -> torch.Tensor:
+    """``function(image)`` with torch's global CPU generator seeded by ``seed``, restored afterwards.
 
-    open_clip's train transforms draw from torch's global generator. Swapping our own state
-    in around each call makes the augmentations a function of (seed, epoch, rank, worker)
-    and, with num_workers=0, leaves the trainer's global RNG stream untouched.
+    open_clip's train transforms draw from torch's global generator. Seeding it per sample makes a
+    sample's augmentation a function of (seed, epoch, rank, worker, position in the raw stream), so
+    a resumed worker can pass over earlier samples without transforming them; with num_workers=0 it
+    leaves the trainer's global RNG stream untouched.
     """
-
-    def __init__(self, seed: int):
-        self._state = torch.Generator().manual_seed(seed).get_state()
-
-    def call(self, function: Transform, image: Image.Image) -> torch.Tensor:
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self._state)
-        try:
-            return function(image)
-        finally:
-            self._state = torch.get_rng_state()
-            torch.set_rng_state(outer)
+    outer = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        return function(image)
+    finally:
+        torch.set_rng_state(outer)
 
 
 class _SkipCounter:
@@ -203,23 +217,15 @@ def _collate(examples: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[to
     return torch.stack(images), torch.stack(tokens), torch.tensor(ids, dtype=torch.long)
 
 
-def _worker_share(batches_done: int, worker: int, workers: int) -> int:
-    """How many of the first ``batches_done`` rank batches came from ``worker``.
-
-    The DataLoader hands out batches round-robin, so rank batch b is local batch b // workers
-    of worker b % workers.
-    """
-    return max(0, (batches_done - worker + workers - 1) // workers)
-
-
 class ShardStream(IterableDataset):
     """The per-rank sample stream; iterate it through :class:`ShardLoader`."""
 
     max_failures_in_a_row = 10_000
+    retry_delay_s = 1.0  # before retry k of a failed shard URL: k times this
 
     def __init__(self, config: PipelineConfig, transform: Transform, tokenizer: Tokenizer):
-        if config.batch_size < 1 or config.num_workers < 0 or config.shuffle_buffer < 1:
-            raise UsageError("batch_size and shuffle_buffer must be >= 1 and num_workers >= 0")
+        if config.batch_size < 1 or config.num_workers < 0 or config.shuffle_buffer < 1 or config.shard_retries < 0:
+            raise UsageError("batch_size and shuffle_buffer must be >= 1, num_workers and shard_retries >= 0")
         if not config.sources:
             raise UsageError("no data sources")
         if not config.resampled and any(source.weight != 1.0 for source in config.sources):
@@ -240,141 +246,124 @@ class ShardStream(IterableDataset):
                         for source in self._sources for count in source.counts]
         self._cum_draw_weights = list(itertools.accumulate(draw_weights))
         self._shard_counts = dict(zip(self._urls, (c for s in self._sources for c in s.counts), strict=True))
-        _, self.world_size, _, _ = wds.utils.pytorch_worker_info()
+        self.rank, self.world_size, _, _ = wds.utils.pytorch_worker_info()
         self.workers = max(1, config.num_workers)
-        self.batches_per_worker = self._plan_epoch()
+        self.finite_plan = None if config.resampled else plan_finite(
+            self._urls, [self._shard_counts[url] for url in self._urls], self.world_size, config.batch_size,
+            config.seed, config.epoch_samples)
+        self.batches_per_rank = self._plan_epoch()
         # Position of the next iteration; ShardLoader sets them before each epoch.
         self.epoch = 0
         self.batches_done = 0
+        self.resume_positions = [0] * self.workers  # raw samples each worker passed by batch batches_done
 
     def __len__(self) -> int:
         """Batches per rank and epoch."""
-        return self.batches_per_worker * self.workers
+        return self.batches_per_rank
 
     @property
     def layout(self) -> list[int]:
-        return [self.world_size, self.workers, self.config.batch_size, self.batches_per_worker]
+        return [self.world_size, self.workers, self.config.batch_size, self.batches_per_rank]
 
-    def planned_shards(self, rank: int, worker: int) -> list[str]:
-        """Finite mode: the shards of (rank, worker), as wds.split_by_node then split_by_worker slice them."""
-        return self._urls[rank::self.world_size][worker::self.workers]
+    def planned_pieces(self, rank: int, worker: int, epoch: int) -> list[ShardPiece]:
+        """Finite mode: the shard pieces loader worker ``worker`` of ``rank`` reads in ``epoch``."""
+        return worker_pieces(self.finite_plan, rank, self.workers, self.config.seed, epoch)[worker]
 
     def _plan_epoch(self) -> int:
-        """Batches per worker and epoch; logs the arithmetic and refuses impossible layouts."""
+        """Batches per rank and epoch; logs the arithmetic and refuses impossible layouts."""
         config = self.config
-        per_round = self.world_size * self.workers * config.batch_size
+        per_step = self.world_size * config.batch_size
         layout = f"{self.world_size} ranks x {self.workers} workers"
         if config.resampled:
             if config.epoch_samples is None:
                 raise UsageError("resampled mode needs epoch_samples (samples per epoch, all ranks together)")
-            per_worker = config.epoch_samples // per_round
-            if per_worker == 0:
-                raise UsageError(f"epoch_samples {config.epoch_samples} is less than one batch per worker: "
-                                 f"{layout} x batch {config.batch_size} = {per_round}")
+            per_rank = config.epoch_samples // per_step
+            if per_rank == 0:
+                raise UsageError(f"epoch_samples {config.epoch_samples} is less than one batch per rank: "
+                                 f"{self.world_size} ranks x batch {config.batch_size} = {per_step}")
         else:
-            if len(self._urls) < self.world_size * self.workers:
-                raise UsageError(f"finite mode needs a shard per worker: {layout} = "
-                                 f"{self.world_size * self.workers} workers but {len(self._urls)} shards; "
-                                 "use fewer workers, smaller shards or resampled mode")
-            shares = [sum(self._shard_counts[url] for url in self.planned_shards(rank, worker))
-                      for rank in range(self.world_size) for worker in range(self.workers)]
-            capacity = min(shares) // config.batch_size
-            if capacity == 0:
-                raise UsageError(f"the smallest worker share ({min(shares)} samples) is less than one batch "
-                                 f"of {config.batch_size}")
-            per_worker = capacity if config.epoch_samples is None else config.epoch_samples // per_round
-            if not 0 < per_worker <= capacity:
-                raise UsageError(f"epoch_samples {config.epoch_samples} needs {per_worker} batches per "
-                                 f"worker; finite mode allows 1..{capacity} (smallest worker share "
-                                 f"{min(shares)} samples, {layout}, batch {config.batch_size})")
-        used = per_worker * per_round
+            per_rank = self.finite_plan.batches_per_rank
+        used = per_rank * per_step
         shard_samples = sum(self._shard_counts.values())
         log.info("data: %s mode, %d sources, %d shards, %d samples in shards, ids in [0, %d); epoch = %s "
                  "x %d batches x %d = %d samples%s", "resampled" if config.resampled else "finite",
-                 len(self._sources), len(self._urls), shard_samples, self.num_samples, layout, per_worker,
+                 len(self._sources), len(self._urls), shard_samples, self.num_samples, layout, per_rank,
                  config.batch_size, used,
                  f" of {config.epoch_samples} requested" if config.epoch_samples is not None else
-                 f" ({shard_samples - used} left out by rounding and unequal worker shares)")
-        return per_worker
+                 f" ({shard_samples - used} left out: less than one global batch)")
+        return per_rank
 
     # ---- inside a worker -------------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        """Yields (images, tokens, ids, rank batch index, skip counts since the previous batch)."""
+        """Yields (images, tokens, ids, rank batch index, raw position after the batch, skip counts since
+        the previous batch). A resumed worker first passes over the raw samples it delivered before,
+        without decoding them: the rest of its stream is then exactly the uninterrupted one."""
         rank, _, worker, workers = wds.utils.pytorch_worker_info()
         counter = _SkipCounter(self.max_failures_in_a_row)
-        already_delivered = _worker_share(self.batches_done, worker, workers)
-        batches = itertools.islice(self._worker_batches(rank, worker, counter), self.batches_per_worker)
-        for local_index, (images, tokens, ids) in enumerate(batches):
-            counts = counter.take()
-            if local_index >= already_delivered:  # the counts of re-made batches were reported before
-                yield images, tokens, ids, local_index * workers + worker, counts
+        delivered = worker_batch_counts(self.batches_done, workers)[worker]
+        raw = enumerate(self._raw_samples(rank, worker, counter))
+        for _ in itertools.islice(raw, self.resume_positions[worker] if delivered else 0):
+            pass
+        counter.take()  # skips among the passed samples were reported with the batches delivered before
+        examples = self._examples(raw, counter, rank, worker)
+        for local_index in range(delivered, worker_batch_counts(self.batches_per_rank, workers)[worker]):
+            batch = list(itertools.islice(examples, self.config.batch_size))
+            images, tokens, ids = _collate([example[:3] for example in batch])
+            yield images, tokens, ids, local_index * workers + worker, batch[-1][3], counter.take()
 
-    def _worker_batches(self, rank: int, worker: int,
-                        counter: _SkipCounter) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _raw_samples(self, rank: int, worker: int, counter: _SkipCounter) -> Iterator[dict]:
         def seed(*purpose: Any) -> int:
-            return _derive_seed(self.config.seed, self.epoch, rank, worker, *purpose)
+            return derive_seed(self.config.seed, self.epoch, rank, worker, *purpose)
 
-        samples = self._resampled_samples(seed, counter) if self.config.resampled else \
-            self._finite_samples(rank, worker, seed, counter)
-        examples = self._examples(samples, counter, _IsolatedTorchRng(seed("transform")))
-        # Batch without look-ahead (wds.batched reads one sample past each batch): a worker
-        # reads nothing beyond its last batch, so finite mode opens no extra shard.
-        batch: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-        for example in examples:
-            batch.append(example)
-            if len(batch) == self.config.batch_size:
-                yield _collate(batch)
-                batch = []
+        if self.config.resampled:
+            rng = random.Random(seed("shards"))
+            draws = (ShardPiece(rng.choices(self._urls, cum_weights=self._cum_draw_weights)[0], 0, None, 0)
+                     for _ in itertools.count())
+            return self._shuffled(self._read_pieces(draws, counter, repeated=False), seed("samples"))
+        return self._finite_samples(self.planned_pieces(rank, worker, self.epoch), seed, counter)
 
     def _shuffled(self, samples: Iterator[dict], seed: int) -> Iterator[dict]:
         buffer = self.config.shuffle_buffer
         return wds.shuffle(buffer, initial=buffer, rng=random.Random(seed))(samples)
 
-    def _resampled_samples(self, seed: Callable[..., int], counter: _SkipCounter) -> Iterator[dict]:
-        rng = random.Random(seed("shards"))
-        draws = (rng.choices(self._urls, cum_weights=self._cum_draw_weights)[0] for _ in itertools.count())
-        return self._shuffled(self._read_shards(draws, counter, repeated=False), seed("samples"))
-
-    def _finite_samples(self, rank: int, worker: int, seed: Callable[..., int],
+    def _finite_samples(self, pieces: list[ShardPiece], seed: Callable[..., int],
                         counter: _SkipCounter) -> Iterator[dict]:
-        """This worker's shards in a per-epoch order; passes after the first only top up skips.
+        """This worker's pieces, in the plan's order; passes after the first (reshuffled) only top up skips.
 
         Each pass has its own shuffle buffer, which drains at the end of the pass, so every
         sample of pass 0 is yielded before any repeat.
         """
-        mine = list(wds.split_by_worker(wds.split_by_node(self._urls)))
-        assert mine == self.planned_shards(rank, worker), "worker shards differ from the epoch plan"
         for pass_index in itertools.count():
-            order = list(mine)
-            random.Random(seed("shards", pass_index)).shuffle(order)
-            samples = self._read_shards(iter(order), counter, repeated=pass_index > 0)
+            order = list(pieces)
+            if pass_index > 0:
+                random.Random(seed("pieces", pass_index)).shuffle(order)
+            samples = self._read_pieces(iter(order), counter, repeated=pass_index > 0)
             yield from self._shuffled(samples, seed("samples", pass_index))
 
-    def _read_shards(self, urls: Iterator[str], counter: _SkipCounter, repeated: bool) -> Iterator[dict]:
-        errors: list[Exception] = []
-
-        def keep_going(error: Exception) -> bool:
-            errors.append(error)
-            return True
-
-        for url in urls:
-            errors.clear()
+    def _read_pieces(self, pieces: Iterator[ShardPiece], counter: _SkipCounter, repeated: bool) -> Iterator[dict]:
+        for piece in pieces:
+            read = ShardRead(piece.url)
             produced = 0
-            for sample in wds.tarfile_samples([{"url": url}], handler=keep_going):
+            for sample in read_shard(piece.url, read, piece.start, piece.stop, retries=self.config.shard_retries,
+                                     retry_delay_s=self.retry_delay_s, url_commands=self.config.url_commands,
+                                     on_retry=_log_retry):
                 produced += 1
                 if repeated:
                     counter.repeated()
                 yield sample
-            if errors:
-                log.warning("shard %s: %s (%d samples read before it)", url, errors[0], produced)
+            # A damaged shard split into pieces is counted once: by the piece whose range holds the damage.
+            if read.error is not None and (piece.start == 0 or read.intact >= piece.start):
+                log.warning("shard %s: %s (%d samples read before it; %d retries)", piece.url, read.failures[-1],
+                            read.intact, read.retries)
                 counter.skip("bad_shard")
-            elif produced == 0:
+            elif read.error is None and produced == 0:
                 counter.skip("empty_shard")
 
-    def _examples(self, samples: Iterator[dict], counter: _SkipCounter,
-                  rng: _IsolatedTorchRng) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        for sample in samples:
+    def _examples(self, raw: Iterator[tuple[int, dict]], counter: _SkipCounter, rank: int,
+                  worker: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+        """(image, tokens, id, raw position after the sample) of the good samples of ``raw``."""
+        for position, sample in raw:
             try:
                 sample_id = _sample_id(self._sources[self._source_of_url[sample["__url__"]]], sample)
                 caption = _caption(sample)
@@ -384,7 +373,15 @@ class ShardStream(IterableDataset):
                 continue
             counter.good()
             # Transform and tokenizer errors on a decoded image are bugs, not bad data: they raise.
-            yield rng.call(self._transform, image), self._tokenizer([caption])[0], sample_id
+            transform_seed = derive_seed(self.config.seed, self.epoch, rank, worker, "transform", position)
+            yield (_call_seeded(self._transform, image, transform_seed), self._tokenizer([caption])[0], sample_id,
+                   position + 1)
+
+
+def _log_retry(read: ShardRead) -> None:
+    log.warning("shard %s failed after %d samples (%s); retry %d", read.url, read.intact, read.failures[-1],
+                read.retries)
+
 
 def _sample_id(source: _Source, sample: dict) -> int:
     """The global id of a raw tar sample of ``source`` (its manifest's id rule plus the source's offset)."""
@@ -453,6 +450,11 @@ class ShardLoader(DataLoader):
     Each iteration yields the rest of epoch :attr:`epoch` (from batch :attr:`batches_done`)
     and, when it runs to the end, moves on to the next epoch. Batches are re-ordered by
     their rank batch index, so a resumed epoch continues in exactly the uninterrupted order.
+
+    Resume: every batch reports how many raw samples its worker had passed when it was complete
+    (:attr:`positions`). A resumed worker passes over that many raw samples of its rebuilt stream
+    (tar members are read, nothing is decoded, transformed or tokenized), then continues: the
+    shuffle buffer has seen the same samples, and the transform seeds depend on raw positions only.
     """
 
     def __init__(self, stream: ShardStream, pin_memory: bool = False):
@@ -463,20 +465,21 @@ class ShardLoader(DataLoader):
                          generator=torch.Generator().manual_seed(stream.config.seed))
         self.epoch = 0
         self.batches_done = 0
+        self.positions = [0] * stream.workers  # this rank's workers: raw samples passed by batch batches_done
         self.counts: Counter[str] = Counter()  # skips (SKIP_REASONS) and repeats on this rank, all epochs
 
     def __iter__(self) -> Iterator[TrainBatch]:
         stream: ShardStream = self.dataset
         # Workers start inside super().__iter__() and copy the stream with this position.
-        stream.epoch, stream.batches_done = self.epoch, self.batches_done
-        waiting: dict[int, TrainBatch] = {}
+        stream.epoch, stream.batches_done, stream.resume_positions = self.epoch, self.batches_done, list(self.positions)
+        waiting: dict[int, tuple[TrainBatch, int]] = {}
         worker_batches = super().__iter__()
         try:
-            for images, tokens, ids, index, counts in worker_batches:
+            for images, tokens, ids, index, position, counts in worker_batches:
                 self.counts.update(counts)
-                waiting[index] = TrainBatch(images, tokens, ids)
+                waiting[index] = TrainBatch(images, tokens, ids), position
                 while self.batches_done in waiting:
-                    batch = waiting.pop(self.batches_done)
+                    batch, self.positions[self.batches_done % stream.workers] = waiting.pop(self.batches_done)
                     self.batches_done += 1
                     yield batch
         finally:
@@ -484,11 +487,17 @@ class ShardLoader(DataLoader):
         assert not waiting, "a loader worker ended before its share of the epoch"
         self.epoch += 1
         self.batches_done = 0
+        self.positions = [0] * stream.workers
 
     def state_dict(self) -> dict[str, Any]:
+        """The data position. Gathers every rank's worker positions (a collective: call it on every rank,
+        as clipdro.engine does), so the state saved by rank 0 resumes every rank."""
+        from clipdro.distributed import gather_objects
+
         stream: ShardStream = self.dataset
         return asdict(LoaderState(epoch=self.epoch, batches_done=self.batches_done, seed=stream.config.seed,
-                                  resampled=stream.config.resampled, layout=stream.layout))
+                                  resampled=stream.config.resampled, layout=stream.layout,
+                                  positions=gather_objects(list(self.positions))))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue at a saved position. A changed layout restarts the saved epoch at batch 0."""
@@ -499,11 +508,19 @@ class ShardLoader(DataLoader):
                              f"resampled={saved.resampled}; "
                              f"the config has {stream.config.seed} and {stream.config.resampled}")
         self.epoch, self.batches_done = saved.epoch, saved.batches_done
+        self.positions = [0] * stream.workers
         if list(saved.layout) != stream.layout:
-            log.warning("data layout changed from %s to %s [ranks, workers, batch, batches/worker]: epoch %d "
+            log.warning("data layout changed from %s to %s [ranks, workers, batch, batches/rank]: epoch %d "
                         "restarts at its first batch instead of batch %d", saved.layout, stream.layout,
                         saved.epoch, saved.batches_done)
             self.batches_done = 0
+        elif saved.positions is None or len(saved.positions) != stream.world_size:
+            log.warning("the checkpoint's data position has no worker positions for %d ranks (an older loader, or "
+                        "saved without torch.distributed): epoch %d restarts at its first batch instead of batch %d",
+                        stream.world_size, saved.epoch, saved.batches_done)
+            self.batches_done = 0
+        else:
+            self.positions = list(saved.positions[stream.rank])
 
 
 def build_train_loader(config: PipelineConfig, transform: Transform, tokenizer: Tokenizer,
@@ -526,13 +543,14 @@ def read_samples(sources: list[DataSource], limit: int | None = None) -> Iterato
     For analyses of a training set (e.g. the temperature report), not for training: one process,
     no workers. Ids, captions and skip rules are the training stream's own, so a sample's id and
     caption here are the ones it was trained under. Samples the stream would skip are passed over
-    silently; an unreadable shard gets a warning (webdataset's) and the rest of it is passed over.
-    Stops after ``limit`` samples when given.
+    silently; an unreadable shard gets a warning and the rest of it is passed over (URLs are opened
+    with the default commands and retries). Stops after ``limit`` samples when given.
     """
     produced = 0
     for source in _resolve_sources(sources):
         for url in source.urls:
-            for sample in wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue):
+            read = ShardRead(url)
+            for sample in read_shard(url, read, retries=PipelineConfig.shard_retries, on_retry=_log_retry):
                 if limit is not None and produced >= limit:
                     return
                 try:
@@ -543,3 +561,5 @@ def read_samples(sources: list[DataSource], limit: int | None = None) -> Iterato
                 extension = next(ext for ext in IMAGE_EXTS if ext in sample)
                 produced += 1
                 yield RawSample(sample_id, caption, sample[extension])
+            if read.error is not None:
+                log.warning("shard %s: %s (%d samples read before it)", url, read.failures[-1], read.intact)
