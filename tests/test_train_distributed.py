@@ -9,6 +9,7 @@ import torch
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
 from clipdro.config import load_config
 from clipdro.data.manifest import Manifest, ShardInfo
+from clipdro.data.plan import plan_finite
 from clipdro.train import train
 from clipdro.train_config import TrainConfig
 from tests.launch import run_torchrun
@@ -29,13 +30,17 @@ def write_shard(folder: Path, name: str, sample_ids: list[int]) -> ShardInfo:
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    """Rank r reads shard r in order; the 1-process shard interleaves them batch by batch, so
-    global batch k is [rank 0's batch k, rank 1's batch k] in both runs, with the same ids."""
+    """Two shards of 12, one per rank (the finite-mode plan, data.seed 0, decides which rank reads which);
+    the 1-process shard interleaves the ranks' samples batch by batch, so global batch k is [rank 0's
+    batch k, rank 1's batch k] in both runs, with the same ids."""
     root = tmp_path_factory.mktemp("data")
-    rank_ids = [list(range(0, 12)), list(range(12, 24))]
+    shard_ids = {"shard0.tar": list(range(0, 12)), "shard1.tar": list(range(12, 24))}
     two = root / "two"
-    shards = [write_shard(two, f"rank{rank}.tar", ids) for rank, ids in enumerate(rank_ids)]
-    Manifest(24, "dense", shards, root=two).save()
+    shards = [write_shard(two, name, ids) for name, ids in shard_ids.items()]
+    manifest = Manifest(24, "dense", shards, root=two)
+    manifest.save()
+    plan = plan_finite(manifest.shard_urls(), [shard.num_samples for shard in shards], 2, LOCAL_BATCH, seed=0)
+    rank_ids = [shard_ids[Path(piece.url).name] for (piece,) in plan.rank_pieces]  # one whole shard each
     interleaved = [i for step in range(STEPS) for ids in rank_ids
                    for i in ids[step * LOCAL_BATCH:(step + 1) * LOCAL_BATCH]]
     one = root / "one"
