@@ -14,12 +14,14 @@ batch exactly (a SimCLR-style gather that returns only the local slice would giv
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from clipdro.errors import UsageError
 
@@ -129,6 +131,12 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _AllGatherWithGrad.apply(tensor)
+
+
+def no_gradient_sync(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """For a DDP-wrapped ``module``, its ``no_sync()``: forwards and backwards inside accumulate gradients on
+    this rank without the all-reduce (the next synchronised backward reduces the sum); else a no-op."""
+    return module.no_sync() if isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
