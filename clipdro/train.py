@@ -104,11 +104,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
             init_prototypes_from_batch(model, images, tokens, engine, accum_steps)
         set_lr(model_optimizer, warmup_cosine_lr(index, total_steps, config.optim))
         set_lr(tempnet_optimizer, tempnet_lr(index, steps_per_epoch, config.tempnet))
-        if accum_steps > 1:
-            return accumulated_clip_step(model, ddp_model, loss_fn, (images, tokens, sample_ids), engine.autocast,
-                                         accum_steps)
-        result = clip_step(ddp_model, loss_fn, images, tokens, sample_ids, engine.autocast())
-        return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
+        return clip_step_output(model, ddp_model, loss_fn, batch, engine.autocast, accum_steps)
 
     def log_values(output: StepOutput) -> dict[str, Any]:
         result = output.details
@@ -147,6 +143,17 @@ def clip_step(model: torch.nn.Module, loss_fn: ContrastiveLoss, images: torch.Te
         output = model(images, tokens)
     image_tau, text_tau = loss_fn.temperatures(output)
     return loss_fn(output.image_features, output.text_features, image_tau, text_tau, sample_ids)
+
+
+def clip_step_output(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_fn: ContrastiveLoss,
+                     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     autocast: Callable[[], contextlib.AbstractContextManager], accum_steps: int) -> StepOutput:
+    """What the trainer's step hands the engine for one batch (``ddp_model``: ``model`` as the engine wrapped
+    it): :func:`clip_step` on the whole batch, or :func:`accumulated_clip_step` in ``accum_steps`` micro-batches."""
+    if accum_steps > 1:
+        return accumulated_clip_step(model, ddp_model, loss_fn, batch, autocast, accum_steps)
+    result = clip_step(ddp_model, loss_fn, *batch, autocast())
+    return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
 
 
 def accumulated_clip_step(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_fn: ContrastiveLoss,

@@ -75,3 +75,14 @@ def test_replayed_micro_batches_draw_their_first_pass_randomness():
 def test_accum_steps_is_checked(setting, problem):
     with pytest.raises(UsageError, match=problem):
         load_config(TrainConfig, None, ["data.sources=[{shards: x}]", "data.batch_size=8", setting])
+
+
+@pytest.mark.slow  # three child processes, each building a model
+def test_memory_benchmark_reports_every_accum_steps(tmp_path):
+    from benchmarks.speed.accumulation_memory import main
+
+    report = main(["--model", "clipdro-tiny-vit", "--batch", "8", "--accum", "1", "4", "--threads", "1",
+                   "--output", str(tmp_path / "memory.json")])
+    assert [row["accum_steps"] for row in report["results"]] == [1, 4]
+    assert [row["micro_batch"] for row in report["results"]] == [8, 2]
+    assert all(row["step_peak_mib"] > 0 and row["step_s"] > 0 for row in report["results"])
