@@ -7,19 +7,22 @@ helper is the identity in a single process, so callers never branch on the world
 
 The contrastive losses compute *local* rows (this rank's anchors) against *global* columns
 (every rank's candidates). The columns come from :func:`all_gather_with_grad`, whose backward
-sums the incoming gradients over ranks and returns this rank's slice. With DDP averaging the
+sums the incoming gradients over ranks and returns this rank's slice (a reduce-scatter where the
+backend has one, :func:`sum_over_ranks_local_slice`). With DDP averaging the
 parameter gradients over W ranks this reproduces the single-process gradient of the global
 batch exactly (a SimCLR-style gather that returns only the local slice would give 1/W of it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from clipdro.errors import UsageError
 
@@ -110,25 +113,66 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        ctx.local_rows = tensor.shape[0]
+    def forward(ctx, tensor: torch.Tensor, backward_method: str) -> torch.Tensor:
+        ctx.backward_method = backward_method
         return all_gather_no_grad(tensor)
 
     @staticmethod
-    def backward(ctx, grad_gathered: torch.Tensor) -> torch.Tensor:
-        # Every rank's loss depends on this rank's rows: sum their gradients over ranks,
-        # then keep our slice. (all_reduce + slice works on gloo and NCCL alike.)
-        grad_gathered = grad_gathered.contiguous()
-        dist.all_reduce(grad_gathered, op=dist.ReduceOp.SUM)
-        start = get_rank() * ctx.local_rows
-        return grad_gathered[start:start + ctx.local_rows]
+    def backward(ctx, grad_gathered: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # Every rank's loss depends on this rank's rows: sum their gradients over ranks, keep our slice.
+        return sum_over_ranks_local_slice(grad_gathered, ctx.backward_method), None
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Autograd-aware :func:`all_gather_no_grad`: gradients flow back to every rank's rows."""
+def all_gather_with_grad(tensor: torch.Tensor, backward_method: str = "auto") -> torch.Tensor:
+    """Autograd-aware :func:`all_gather_no_grad`: gradients flow back to every rank's rows
+    (``backward_method``: see :func:`sum_over_ranks_local_slice`)."""
     if not is_distributed():
         return tensor
-    return _AllGatherWithGrad.apply(tensor)
+    return _AllGatherWithGrad.apply(tensor, backward_method)
+
+
+# Backend name -> whether dist.reduce_scatter_tensor works there (learnt on first use).
+_REDUCE_SCATTER_WORKS: dict[str, bool] = {}
+
+
+def sum_over_ranks_local_slice(tensor: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    """This rank's block of rows (rank-major, W equal blocks) of the sum over ranks of ``tensor`` [W * n, ...].
+
+    ``reduce_scatter`` moves and adds only what each rank keeps (NCCL; gloo in torch 2.14, older releases refused it);
+    ``all_reduce`` sums the whole tensor everywhere and slices it (every backend); ``auto`` uses reduce-scatter
+    where the backend has it, else all_reduce. Both give the same values (bitwise with 2 ranks; with more,
+    the backends may add in another order). The first ``auto`` call on a backend tries reduce-scatter: a
+    backend without it refuses on every rank alike, before any communication, and all_reduce is used from
+    then on."""
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    if method not in ("auto", "reduce_scatter", "all_reduce"):
+        raise ValueError(f"method must be auto, reduce_scatter or all_reduce, got {method!r}")
+    tensor = tensor.contiguous()
+    local_rows = tensor.shape[0] // world
+    backend = str(dist.get_backend())
+    if method == "reduce_scatter" or (method == "auto" and _REDUCE_SCATTER_WORKS.get(backend, True)):
+        local = tensor.new_empty((local_rows, *tensor.shape[1:]))
+        try:
+            dist.reduce_scatter_tensor(local, tensor, op=dist.ReduceOp.SUM)
+        except (RuntimeError, NotImplementedError):
+            if method == "reduce_scatter" or _REDUCE_SCATTER_WORKS.get(backend):
+                raise
+            _REDUCE_SCATTER_WORKS[backend] = False
+        else:
+            _REDUCE_SCATTER_WORKS[backend] = True
+            return local
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    start = get_rank() * local_rows
+    return tensor[start:start + local_rows]
+
+
+def no_gradient_sync(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """For a DDP-wrapped ``module``, its ``no_sync()``: forwards and backwards inside accumulate gradients on
+    this rank without the all-reduce (the next synchronised backward reduces the sum); else a no-op."""
+    return module.no_sync() if isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -96,6 +96,11 @@ class StepOutput:
     loss: float  # the step's loss as logged (the engine sets NaN when the step is skipped)
     details: Any = None  # whatever the trainer's log_values needs (temperatures, loss metrics)
     finite: bool = True  # set by the engine: False when some rank's loss was NaN/Inf and the step skipped
+    # A step whose backward is more than one call on ``objective`` (gradient accumulation,
+    # clipdro.train.accumulated_clip_step) sets this; the engine then calls backward(scale), with ``scale`` the
+    # loss scaler's GradScaler.scale, instead of scale(objective).backward(). It must leave the gradients
+    # that scale(objective).backward() would (clipping, the scaler's inf check and the step follow as usual).
+    backward: Callable[[Callable[[torch.Tensor], torch.Tensor]], None] | None = None
 
 
 @dataclass
@@ -309,7 +314,10 @@ class RunEngine:
                 optimizer.zero_grad(set_to_none=True)
             output.loss, output.finite = math.nan, False
             return
-        self.scaler.scale(output.objective).backward()
+        if output.backward is None:
+            self.scaler.scale(output.objective).backward()
+        else:
+            output.backward(self.scaler.scale)
         if job.grad_clip_norm is not None:
             for optimizer in job.optimizers:
                 self.scaler.unscale_(optimizer)

@@ -51,16 +51,31 @@ class CLIPWithTempNets(nn.Module):
             return []
         return [*self.image_tempnet.parameters(), *self.text_tempnet.parameters()]
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ModelOutput:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, with_temperatures: bool = True) -> ModelOutput:
+        """The towers' normalised features, and the TempNets' temperatures of them unless
+        ``with_temperatures`` is False (the micro-batches of an accumulated step, whose temperatures come
+        from :meth:`temperatures_of` on the whole batch). The flag goes through DDP's forward, so the
+        micro-batches are embedded by the DDP-wrapped module itself."""
         output = self.clip(images, tokens)
         image_features, text_features = output["image_features"], output["text_features"]
+        if not with_temperatures:
+            return ModelOutput(image_features, text_features, output["logit_scale"], None, None)
+        return self._with_temperatures(image_features, text_features, output["logit_scale"])
+
+    def temperatures_of(self, image_features: torch.Tensor, text_features: torch.Tensor) -> ModelOutput:
+        """The output :meth:`forward` would give for these (already computed) features: the TempNets'
+        temperatures of them and open_clip's exp(logit_scale), both with autograd to their parameters."""
+        return self._with_temperatures(image_features, text_features, self.clip.logit_scale.exp())
+
+    def _with_temperatures(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                           logit_scale: torch.Tensor) -> ModelOutput:
         image_tau = text_tau = None
         if self.has_tempnets:
             # TempNets run in float32 outside autocast: tau feeds exp(h / tau).
             with torch.autocast(device_type=image_features.device.type, enabled=False):
                 image_tau = self.image_tempnet(image_features.detach().float())
                 text_tau = self.text_tempnet(text_features.detach().float())
-        return ModelOutput(image_features, text_features, output["logit_scale"], image_tau, text_tau)
+        return ModelOutput(image_features, text_features, logit_scale, image_tau, text_tau)
 
 
 def resolve_model_name(name: str) -> str:

@@ -24,18 +24,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from clipdro.checkpoint import rng_state, set_rng_state
 from clipdro.data.evalset import EvalSet
 from clipdro.data.pipeline import REPEATED, build_train_loader
-from clipdro.distributed import all_gather_no_grad, broadcast_object, get_rank, mean_over_ranks, sum_counts
+from clipdro.distributed import (
+    all_gather_no_grad,
+    broadcast_object,
+    get_rank,
+    mean_over_ranks,
+    no_gradient_sync,
+    sum_counts,
+)
 from clipdro.engine import (
     NonFiniteLossError,  # noqa: F401  (train() raises it; importable from here)
     RunEngine,
     StepOutput,
     TrainingJob,
+    rng_preserved,
     training_command,
     warmup_cosine_lr,
 )
@@ -51,8 +61,8 @@ from clipdro.train_config import EvalConfig, TempNetConfig, TrainConfig
 log = logging.getLogger("clipdro.train")
 
 CHECKPOINT_FORMAT = "clipdro-checkpoint/1"
-# Besides the run section's: loader processes and evaluation change nothing that is trained.
-RESUMABLE_KEYS = ("data.num_workers", "eval.")
+# Besides the run section's: loader processes, evaluation and micro-batching change nothing that is trained.
+RESUMABLE_KEYS = ("data.num_workers", "eval.", "optim.accum_steps")
 LOG_LINE_KEYS = ["epoch", "loss", "samples_per_s", "samples_per_s_per_device", "data_s_per_step",
                  "compute_s_per_step", "lr", "tempnet_lr", "image_tau_mean", "image_tau_min", "image_tau_max",
                  "text_tau_mean", "text_tau_min", "text_tau_max", "nonfinite_steps", "skipped_samples"]
@@ -86,15 +96,15 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     # --- optimisation ---------------------------------------------------------------------
     model_optimizer, tempnet_optimizer = build_optimizers(model, config)
     ddp_model = engine.wrap(model)
+    accum_steps = config.optim.accum_steps
 
     def step(index: int, batch: tuple[torch.Tensor, ...]) -> StepOutput:
         images, tokens, sample_ids = batch
         if index == 0 and model.has_tempnets and config.tempnet.init_prototypes:
-            init_prototypes_from_batch(model, images, tokens, engine)
+            init_prototypes_from_batch(model, images, tokens, engine, accum_steps)
         set_lr(model_optimizer, warmup_cosine_lr(index, total_steps, config.optim))
         set_lr(tempnet_optimizer, tempnet_lr(index, steps_per_epoch, config.tempnet))
-        result = clip_step(ddp_model, loss_fn, images, tokens, sample_ids, engine.autocast())
-        return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
+        return clip_step_output(model, ddp_model, loss_fn, batch, engine.autocast, accum_steps)
 
     def log_values(output: StepOutput) -> dict[str, Any]:
         result = output.details
@@ -117,8 +127,9 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
         grad_clip_norm=config.optim.grad_clip_norm, after_update=lambda: loss_fn.after_optimizer_step(model.clip),
         evaluate=evaluator.run if evaluator.enabled else None, evaluate_every=config.eval.every_steps,
         description=[f"{total_steps} steps ({config.run.epochs} epochs x {steps_per_epoch}), global batch "
-                     f"{global_batch}, loss {config.loss.name}, {loader.dataset.num_samples} samples in the "
-                     f"per-sample tables"])
+                     f"{global_batch} (per rank {accum_steps} micro-batch(es) of "
+                     f"{config.data.batch_size // accum_steps}), loss {config.loss.name}, "
+                     f"{loader.dataset.num_samples} samples in the per-sample tables"])
     return engine.fit(job).metrics
 
 
@@ -132,6 +143,104 @@ def clip_step(model: torch.nn.Module, loss_fn: ContrastiveLoss, images: torch.Te
         output = model(images, tokens)
     image_tau, text_tau = loss_fn.temperatures(output)
     return loss_fn(output.image_features, output.text_features, image_tau, text_tau, sample_ids)
+
+
+def clip_step_output(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_fn: ContrastiveLoss,
+                     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     autocast: Callable[[], contextlib.AbstractContextManager], accum_steps: int) -> StepOutput:
+    """What the trainer's step hands the engine for one batch (``ddp_model``: ``model`` as the engine wrapped
+    it): :func:`clip_step` on the whole batch, or :func:`accumulated_clip_step` in ``accum_steps`` micro-batches."""
+    if accum_steps > 1:
+        return accumulated_clip_step(model, ddp_model, loss_fn, batch, autocast, accum_steps)
+    result = clip_step(ddp_model, loss_fn, *batch, autocast())
+    return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
+
+
+def accumulated_clip_step(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_fn: ContrastiveLoss,
+                          batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                          autocast: Callable[[], contextlib.AbstractContextManager], accum_steps: int) -> StepOutput:
+    """The step of ``optim.accum_steps`` > 1: the same update as :func:`clip_step` on the whole batch, with the
+    towers' activations held for one micro-batch (of ``batch_size / accum_steps``) at a time (GradCache).
+
+    1. Every micro-batch is embedded without autograd, its RNG state saved first.
+    2. The loss phase, once on the whole batch as at K = 1: the TempNets (or logit_scale) give the temperatures
+       of the concatenated features, and the loss (all-gather, per-sample tables) takes the features and
+       temperatures as leaves. The TempNets' dropout draws from the RNG stream where K = 1's forward draws
+       (right after the towers, which draw nothing in the shipped models: see docs/training.md).
+    3. The engine's backward (``StepOutput.backward``): the gradient of the (scaled) loss with respect to those
+       leaves; then each micro-batch is embedded again with autograd, under its saved RNG state, and
+       back-propagates its slice of the feature gradient (:func:`_backward_micro_batches`).
+
+    DDP wraps CLIPWithTempNets as a whole, and its reducer all-reduces a parameter's gradient when it is
+    accumulated during the backward that follows a synchronising forward of the wrapper, wherever the
+    graph was built. So the micro-batches are embedded through the wrapper (``with_temperatures=False``
+    dispatches to the towers alone), all but the last under no_sync, and the temperatures' graph from step 2
+    (to the TempNets and logit_scale) is back-propagated inside the last micro-batch's backward: every
+    trainable parameter gets its gradient in that one synchronised backward, as DDP
+    (find_unused_parameters=False) expects. Pass 1 calls the unwrapped module: without autograd DDP has
+    nothing to do, and its buffer broadcast then happens once per step, as at K = 1.
+    """
+    images, tokens, sample_ids = batch
+    micro_batches = list(zip(images.chunk(accum_steps), tokens.chunk(accum_steps), strict=True))
+    rng_states, image_parts, text_parts = [], [], []
+    # Running statistics (BatchNorm) are restored after pass 1, so only the replay updates them.
+    with torch.no_grad(), buffers_preserved(model):
+        for micro_images, micro_tokens in micro_batches:
+            rng_states.append(rng_state())
+            with autocast():
+                output = model(micro_images, micro_tokens, with_temperatures=False)
+            image_parts.append(output.image_features)
+            text_parts.append(output.text_features)
+    image_features, text_features = torch.cat(image_parts).requires_grad_(), torch.cat(text_parts).requires_grad_()
+    with autocast():
+        output = model.temperatures_of(image_features, text_features)
+    temperatures = loss_fn.temperatures(output)  # with autograd to the TempNets / logit_scale, or None
+    tau_leaves = [None if tau is None else tau.detach().requires_grad_(tau.requires_grad) for tau in temperatures]
+    result = loss_fn(image_features, text_features, *tau_leaves, sample_ids)
+    trained_taus = [(tau, leaf) for tau, leaf in zip(temperatures, tau_leaves, strict=True)
+                    if leaf is not None and leaf.requires_grad]
+
+    def backward(scale: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        leaves = [image_features, text_features, *(leaf for _, leaf in trained_taus)]
+        grads = torch.autograd.grad(scale(result.loss), leaves, allow_unused=True, materialize_grads=True)
+        tau_grads = [(tau, grad) for (tau, _), grad in zip(trained_taus, grads[2:], strict=True)]
+        _backward_micro_batches(ddp_model, micro_batches, rng_states, list(zip(grads[0].chunk(accum_steps),
+                                grads[1].chunk(accum_steps), strict=True)), tau_grads, autocast)
+
+    return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result, backward=backward)
+
+
+def _backward_micro_batches(ddp_model: torch.nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+                            rng_states: list[dict], feature_grads: list[tuple[torch.Tensor, torch.Tensor]],
+                            tau_grads: list[tuple[torch.Tensor, torch.Tensor]],
+                            autocast: Callable[[], contextlib.AbstractContextManager]) -> None:
+    """Pass 2 of :func:`accumulated_clip_step`: each micro-batch embedded again with autograd, replaying the RNG
+    state of its pass-1 forward (dropout draws the same masks; the step's RNG stream is left where the loss
+    phase left it), back-propagates its (image, text) feature gradients; the last one also the temperatures'.
+    Only the last backward is synchronised across ranks."""
+    last = len(micro_batches) - 1
+    for index, (micro_images, micro_tokens) in enumerate(micro_batches):
+        with contextlib.nullcontext() if index == last else no_gradient_sync(ddp_model), rng_preserved():
+            set_rng_state(rng_states[index])
+            with autocast():
+                output = ddp_model(micro_images, micro_tokens, with_temperatures=False)
+            tensors, grads = [output.image_features, output.text_features], list(feature_grads[index])
+            if index == last:
+                tensors += [tau for tau, _ in tau_grads]
+                grads += [grad for _, grad in tau_grads]
+            torch.autograd.backward(tensors, grads)
+
+
+@contextlib.contextmanager
+def buffers_preserved(module: torch.nn.Module) -> Iterator[None]:
+    """Run the block, then put every buffer of ``module`` (BatchNorm running statistics) back as it was."""
+    saved = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -186,12 +295,16 @@ def set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
 
 
 @torch.no_grad()
-def init_prototypes_from_batch(model: CLIPWithTempNets, images, tokens, engine: RunEngine) -> None:
-    """Image TempNet prototypes <- the first global batch's *text* embeddings, and vice versa."""
-    with engine.autocast():
-        output = model.clip(images, tokens)
-    texts = all_gather_no_grad(output["text_features"].float().contiguous())
-    images_ = all_gather_no_grad(output["image_features"].float().contiguous())
+def init_prototypes_from_batch(model: CLIPWithTempNets, images, tokens, engine: RunEngine,
+                               accum_steps: int = 1) -> None:
+    """Image TempNet prototypes <- the first global batch's *text* embeddings, and vice versa (embedded in
+    ``accum_steps`` micro-batches, the step's memory bound)."""
+    outputs = []
+    for micro_images, micro_tokens in zip(images.chunk(accum_steps), tokens.chunk(accum_steps), strict=True):
+        with engine.autocast():
+            outputs.append(model.clip(micro_images, micro_tokens))
+    texts = all_gather_no_grad(torch.cat([output["text_features"] for output in outputs]).float().contiguous())
+    images_ = all_gather_no_grad(torch.cat([output["image_features"] for output in outputs]).float().contiguous())
     if model.image_tempnet.init_prototypes(texts) and model.text_tempnet.init_prototypes(images_):
         log.info("TempNet prototypes initialised from the first global batch (%d rows)", texts.shape[0])
     else:

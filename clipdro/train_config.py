@@ -64,13 +64,32 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class CLIPOptimConfig(OptimConfig):
+    """The shared AdamW section plus what only the CLIP trainer implements (the LLM trainer's optim
+    section is the plain OptimConfig, so it refuses accum_steps instead of ignoring it)."""
+
+    # Micro-batches per step: each rank's data.batch_size is embedded in accum_steps pieces, and the loss
+    # still sees the whole global batch (clipdro.train.accumulated_clip_step): memory changes, the step not.
+    accum_steps: int = 1
+
+    def validate(self) -> None:
+        if self.accum_steps < 1:
+            raise UsageError(f"optim.accum_steps must be >= 1, got {self.accum_steps}")
+
+
+@dataclasses.dataclass
 class TrainConfig:
     data: PipelineConfig  # training shards, batch size per device, epoch length, workers, data seed
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     temperature: TemperatureConfig = dataclasses.field(default_factory=TemperatureConfig)
     tempnet: TempNetConfig = dataclasses.field(default_factory=TempNetConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    optim: CLIPOptimConfig = dataclasses.field(default_factory=CLIPOptimConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if self.data.batch_size % self.optim.accum_steps:
+            raise UsageError(f"optim.accum_steps ({self.optim.accum_steps}) must divide data.batch_size "
+                             f"({self.data.batch_size}): every micro-batch has the same size")
 
