@@ -18,11 +18,11 @@ from tests.workers.accumulation_runs import ACCUMULATED, LOSSES, assert_same_run
 WORKER = "tests/workers/accumulation_runs.py"
 
 
-# The default suite keeps the losses whose temperatures train (tempnet, its dropout on: the TempNets' graph;
-# clip: logit_scale's), both carried by the last micro-batch's backward; sogclr and isogclr (no trained
-# temperature, the same path otherwise) are slow, like the 2-rank launch that covers all four.
-@pytest.mark.parametrize("loss_name", [pytest.param(name, marks=[pytest.mark.slow] if name in ("sogclr", "isogclr")
-                                                    else []) for name in LOSSES])
+# The default suite keeps tempnet (its dropout on: the TempNets' graph, carried by the last micro-batch's
+# backward); clip (logit_scale's graph, the same path), sogclr and isogclr are slow, like the 2-rank launch
+# that covers all four.
+@pytest.mark.parametrize("loss_name", [pytest.param(name, marks=[] if name == "tempnet" else [pytest.mark.slow])
+                                       for name in LOSSES])
 def test_accumulated_steps_equal_whole_batch_steps(shards, tmp_path, loss_name):
     for accum_steps in (1, ACCUMULATED):
         train_run(shards, tmp_path, loss_name, accum_steps)

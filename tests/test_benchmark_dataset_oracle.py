@@ -96,6 +96,7 @@ def test_a_level_no_rho_reaches_is_a_usage_error():
         DatasetOracleLoss(8, 1.0, 0.01, 0.1, 0.05, 1, data=None, model_name="x", level=0.05, level_by="margin")
 
 
+@pytest.mark.slow  # trains 2 epochs with 2 solves per refresh
 def test_matched_training_records_rho_prime_at_every_refresh(tmp_path):
     shards = tmp_path / "shards"
     write_dense(shards, count=16, per_shard=8, size=32)

@@ -93,6 +93,7 @@ def _probe(root, output, *extra):
     return json.loads(output.read_text())
 
 
+@pytest.mark.slow  # two CLI runs with the weight-decay search (the next test runs the CLI too)
 def test_linear_probe_cli_on_trees_and_on_the_wds_layout(splits, tmp_path):
     tree = _probe(splits, tmp_path / "tree.json", "--train", str(splits / "train"), "--data", str(splits / "test"))
     assert tree["task"] == "linear-probe" and tree["dataset"] == "test" and tree["train_dataset"] == "train"

@@ -52,6 +52,7 @@ def test_truncated_evaluation_image(task, cut_set, capsys):
     assert "1 unreadable image in evaluation set 'cut-set'" in err and "images/4.jpg (" in err
 
 
+@pytest.mark.slow  # a launched process; the in-process path: tests/test_eval_cli.py
 def test_truncated_evaluation_image_in_a_real_process(cut_set, tempnet_run):
     """The whole stderr of the process: the error line and nothing else (no traceback, no
     open_clip "initialized randomly" warning for a checkpoint's model)."""

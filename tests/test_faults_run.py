@@ -239,7 +239,7 @@ sys.exit(cli.main(["train", *sys.argv[2:]]))
 """
 
 
-@pytest.mark.parametrize("where", ["data", "step"])
+@pytest.mark.parametrize("where", [pytest.param("data", marks=pytest.mark.slow), "step"])
 def test_a_fatal_error_ends_the_process_with_its_loader_workers(shards, tmp_path, where):
     # Loader workers ignore SIGTERM (they must outlive a preemption signal), so multiprocessing's exit
     # handler cannot terminate them: unless the run stops them itself, the process waits for them forever.

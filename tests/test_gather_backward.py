@@ -1,5 +1,6 @@
 """all_gather_with_grad's backward: reduce-scatter and all_reduce + slice give the same gradients (2 gloo ranks)."""
 
+import pytest
 import torch
 
 from tests.launch import run_torchrun
@@ -19,6 +20,7 @@ def expected_gradient() -> torch.Tensor:
     return sum(2 * rank_weights * gathered for rank_weights in weights)
 
 
+@pytest.mark.slow  # a torchrun launch; tests/test_distributed_losses.py covers the default path
 def test_reduce_scatter_and_all_reduce_backwards_agree(tmp_path):
     run_torchrun("tests/workers/gather_backward.py", str(tmp_path / "grads.pt"))
     results = torch.load(tmp_path / "grads.pt")

@@ -22,17 +22,13 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def run_clipdro(*args: str, python_prefix: str = "") -> subprocess.CompletedProcess:
-    return run_python(f"{python_prefix}import sys; from clipdro.cli import main; sys.exit(main(sys.argv[1:]))", *args)
-
-
-def test_rho_at_or_above_log_vocabulary_is_refused_at_start_up(tmp_path):
+def test_rho_at_or_above_log_vocabulary_is_refused_at_start_up(tmp_path, capsys, monkeypatch):
     # The demo's byte vocabulary has V = 257, log V = 5.549.
-    completed = run_clipdro("llm", "train", "--config", "configs/llm_demo.yaml", "loss.rho=5.6",
-                            f"run.output_dir={tmp_path}")
-    assert completed.returncode == 2
-    lines = completed.stderr.strip().splitlines()
-    assert len(lines) == 1, completed.stderr
+    monkeypatch.chdir(REPO_ROOT)  # the demo config names its corpus relative to the repository
+    assert cli.main(["llm", "train", "--config", "configs/llm_demo.yaml", "loss.rho=5.6",
+                     f"run.output_dir={tmp_path}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     assert "rho=5.6" in lines[0] and "log(257)" in lines[0]
     assert not any(tmp_path.iterdir()), "nothing may be written before the check"
 
@@ -69,11 +65,12 @@ def test_generate_prints_the_continuation_and_per_token_tau(tmp_path, capsys):
 
 
 def test_core_package_imports_and_llm_command_fails_cleanly_without_transformers():
-    block = "import sys; sys.modules['transformers'] = None; "  # makes `import transformers` raise ImportError
-    imports = run_python(block + "import clipdro, clipdro.losses, clipdro.tempnet, clipdro.train; "
-                                 "assert 'clipdro.llm' not in sys.modules")
-    assert imports.returncode == 0, imports.stderr
-    completed = run_clipdro("llm", "train", "--config", "configs/llm_demo.yaml", python_prefix=block)
+    # One process: `import transformers` raises ImportError, the core package imports, then the LLM command.
+    completed = run_python("import sys; sys.modules['transformers'] = None\n"
+                           "import clipdro, clipdro.losses, clipdro.tempnet, clipdro.train\n"
+                           "assert 'clipdro.llm' not in sys.modules\n"
+                           "from clipdro.cli import main\n"
+                           "sys.exit(main(['llm', 'train', '--config', 'configs/llm_demo.yaml']))")
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == ["clipdro llm: error: clipdro llm needs transformers: "
                                                      "pip install 'clipdro[llm]'"]

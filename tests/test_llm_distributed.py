@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from clipdro.checkpoint import list_checkpoints, load_checkpoint
@@ -18,6 +19,7 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in records if "loss" in record}
 
 
+@pytest.mark.slow  # a torchrun launch of the LLM trainer (about 15 s)
 def test_two_ranks_equal_one_process(tmp_path):
     train_file, heldout_file = write_corpus(tmp_path / "corpus")
     # 3 steps, a checkpoint after each; one of the global batches holds the padded sequence.

@@ -64,7 +64,7 @@ def losses(run_dir: Path) -> list[float]:
     return [record["loss"] for record in records if "loss" in record]
 
 
-@pytest.mark.parametrize("loss_name", ["tempnet", "clip"])
+@pytest.mark.parametrize("loss_name", ["tempnet", pytest.param("clip", marks=pytest.mark.slow)])
 def test_two_ranks_equal_one_process(datasets, tmp_path, loss_name):
     one, two = datasets
     single_dir, double_dir = tmp_path / "single", tmp_path / "double"
