@@ -4,12 +4,14 @@ middle of a checkpoint write, a reused run name, a changed config on resume, a r
 start-up checks. Each interrupted run is resumed and must match the uninterrupted one exactly.
 
 The default suite keeps one exact-resume case per signal (SIGTERM and Slurm's SIGUSR1 to the process
-group), each interrupted and resumed inside one launched process; the signal to the main process alone,
-torchrun's forwarding and the kill during a checkpoint write are marked slow (CI runs them).
+group), both in one launched process with their uninterrupted reference; the signal to the main process
+alone, torchrun's forwarding, the kill during a checkpoint write and the fatal data error are marked slow
+(CI runs them).
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,9 +103,41 @@ def assert_resumes_exactly(shards: Path, run_dir: Path, reference: Path, *extra_
     assert_same_run(run_dir, reference)
 
 
-# One process: `clipdro train ARGS` until a signal stops it (exit 0 after its checkpoint), then
-# `clipdro train ARGS --resume latest` to the end. The engine restores the signal handlers it replaced, so
-# the resumed run starts clean; its loader workers are new processes.
+# One process trains the uninterrupted reference, then for each signal a run that the test interrupts with it
+# (exit 0 after its checkpoint) and the same run resumed to its end. The engine restores the signal handlers
+# it replaced, so each run starts clean; loader workers are new processes for every run.
+SIGNALLED_RUNS = """
+import json, sys
+from clipdro.cli import main
+runs = json.loads(sys.argv[1])
+if main(["train", *runs.pop("full")]) != 0:
+    sys.exit("the uninterrupted run failed")
+for name, args in runs.items():
+    if main(["train", *args]) != 0:
+        sys.exit(f"the {name} run failed")
+    print(f"resuming {name}", flush=True)
+    if main(["train", *args, "--resume", "latest"]) != 0:
+        sys.exit(f"the resumed {name} run failed")
+"""
+
+
+def test_signals_to_the_process_group_checkpoint_and_the_resumed_runs_are_exact(shards, tmp_path):
+    # SIGTERM: what timeout, Kubernetes and Slurm at the time limit send; SIGUSR1: Slurm's --signal=USR1@N.
+    signals = {"sigterm": signal.SIGTERM, "sigusr1": signal.SIGUSR1}
+    runs = {name: overrides(shards, tmp_path / name) for name in ["full", *signals]}
+    process = start([sys.executable, "-c", SIGNALLED_RUNS, json.dumps(runs)])
+    for name, signum in signals.items():
+        wait_for_step(process, tmp_path / name, 2)
+        os.killpg(process.pid, signum)  # every process of the group, loader workers included
+    status, output = finish(process)
+    assert status == 0, output[-3000:]
+    for name, signum in signals.items():
+        (stopped_at,) = re.findall(rf"{signal.Signals(signum).name} received: checkpoint at step (\d+)", output)
+        assert 0 < int(stopped_at) < 6 * EPOCHS  # stopped in the middle, then resumed to the end
+        assert_same_run(tmp_path / name, tmp_path / "full")
+
+
+# The signal to the main process alone (loader workers not signalled): interrupted and resumed in one process.
 TRAIN_THEN_RESUME = """
 import sys
 from clipdro.cli import main
@@ -114,24 +148,17 @@ sys.exit(main(["train", *sys.argv[1:], "--resume", "latest"]))
 """
 
 
-@pytest.mark.parametrize("signum, target", [
-    (signal.SIGTERM, "group"), (signal.SIGUSR1, "group"),
-    pytest.param(signal.SIGTERM, "main", marks=pytest.mark.slow)],
-    ids=["sigterm-to-group", "slurm-sigusr1-to-group", "sigterm-to-main"])
-def test_a_signal_writes_a_checkpoint_and_the_resumed_run_is_exact(shards, uninterrupted, tmp_path, signum, target):
+@pytest.mark.slow
+def test_sigterm_to_the_main_process_alone_writes_a_checkpoint_and_the_resumed_run_is_exact(shards, uninterrupted,
+                                                                                           tmp_path):
     run_dir = tmp_path / "run"
     process = start([sys.executable, "-c", TRAIN_THEN_RESUME, *overrides(shards, run_dir)])
     wait_for_step(process, run_dir, 2)
-    if target == "group":  # what timeout, Slurm and Kubernetes do: every process, loader workers included
-        os.killpg(process.pid, signum)
-    else:
-        os.kill(process.pid, signum)
+    os.kill(process.pid, signal.SIGTERM)
     status, output = finish(process)
     assert status == 0, output[-3000:]
     interrupted, _, resumed = output.partition("resuming\n")
-    assert f"{signal.Signals(signum).name} received: checkpoint at step" in interrupted
-    stopped_at = int(interrupted.split("checkpoint at step")[1].split()[0].strip(":,."))
-    assert 0 < stopped_at < 6 * EPOCHS and "received" not in resumed
+    assert "SIGTERM received: checkpoint at step" in interrupted and "received" not in resumed
     assert_same_run(run_dir, uninterrupted)
 
 
