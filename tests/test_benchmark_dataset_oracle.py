@@ -37,14 +37,19 @@ def test_dataset_taus_solve_the_kl_constraint_over_every_competitor_in_chunks():
     assert taus.max() / taus.min() > 1.2  # samples differ
 
 
-def test_training_refreshes_the_tables_at_every_epoch_start(tmp_path):
+def train_two_epochs(tmp_path, *overrides: str) -> int:
+    """The dataset oracle's entry point on 16 generated samples, 2 epochs of 2 steps, in tmp_path/run."""
     shards = tmp_path / "shards"
     write_dense(shards, count=16, per_shard=8, size=32)
-    status = main(["--config", str(REPO_ROOT / "configs" / "demo.yaml"), f"data.sources=[{{shards: {shards}}}]",
-                   "data.batch_size=8", "data.epoch_samples=16", "data.num_workers=0", "data.shuffle_buffer=1",
-                   "loss.rho=1.0", "temperature.min=0.01", "temperature.max=0.5", "temperature.init=0.05",
-                   "loss.options={smoothing: 0.5}", "eval.retrieval=[]", "eval.zeroshot=[]", "run.epochs=2",
-                   "run.log_every=1", f"run.output_dir={tmp_path}", "run.name=run"])
+    return main(["--config", str(REPO_ROOT / "configs" / "demo.yaml"), f"data.sources=[{{shards: {shards}}}]",
+                 "data.batch_size=8", "data.epoch_samples=16", "data.num_workers=0", "data.shuffle_buffer=1",
+                 "loss.rho=1.0", "temperature.init=0.05", "eval.retrieval=[]", "eval.zeroshot=[]", "run.epochs=2",
+                 "run.log_every=1", f"run.output_dir={tmp_path}", "run.name=run", *overrides])
+
+
+def test_training_refreshes_the_tables_at_every_epoch_start(tmp_path):
+    status = train_two_epochs(tmp_path, "temperature.min=0.01", "temperature.max=0.5",
+                              "loss.options={smoothing: 0.5}")
     assert status == 0
     state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])
     assert state["config"]["loss"]["name"] == "dataset-oracle"
@@ -98,13 +103,8 @@ def test_a_level_no_rho_reaches_is_a_usage_error():
 
 @pytest.mark.slow  # trains 2 epochs with 2 solves per refresh
 def test_matched_training_records_rho_prime_at_every_refresh(tmp_path):
-    shards = tmp_path / "shards"
-    write_dense(shards, count=16, per_shard=8, size=32)
-    status = main(["--config", str(REPO_ROOT / "configs" / "demo.yaml"), f"data.sources=[{{shards: {shards}}}]",
-                   "data.batch_size=8", "data.epoch_samples=16", "data.num_workers=0", "data.shuffle_buffer=1",
-                   "loss.rho=1.0", "temperature.min=0.049", "temperature.max=0.051", "temperature.init=0.05",
-                   "loss.options={level: 0.05, level_by: rho}", "eval.retrieval=[]", "eval.zeroshot=[]",
-                   "run.epochs=2", "run.log_every=1", f"run.output_dir={tmp_path}", "run.name=run"])
+    status = train_two_epochs(tmp_path, "temperature.min=0.049", "temperature.max=0.051",
+                              "loss.options={level: 0.05, level_by: rho}")
     assert status == 0
     state = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["loss"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
