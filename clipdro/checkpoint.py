@@ -1,25 +1,39 @@
-"""Atomic checkpoints of everything that defines a run, and finding the one to resume.
+"""Checkpoints of everything that defines a run: sharded folders, atomic, and finding the one to resume.
 
-A checkpoint is one ``torch.save`` file ``checkpoints/step_000123.pt`` in the run folder.
-It is written to a temporary file in the same folder and renamed into place, so a crash
-or preemption mid-write never leaves a truncated checkpoint under a real name; the last
-``keep_last`` are kept. Only rank 0 writes (the model, TempNets and per-sample tables are
-identical on every rank); every rank's RNG state is gathered into it.
+A run checkpoint is a folder ``checkpoints/step_000000123/`` written with
+``torch.distributed.checkpoint`` (DCP) by every rank together:
 
-The file gets the permissions of any file the user creates (``0o666 & ~umask``, e.g. 0644), not
-the 0600 of the temporary file, so a shared group can read a run. A crash mid-write can leave a
-temporary ``checkpoints/.step_*.pt.*.tmp`` behind: :func:`remove_stale_temporaries` deletes them.
+* each per-sample table column (clipdro.state) is one DCP tensor of N rows, every rank writing
+  the rows it owns (``__R_0.distcp``), so a checkpoint costs N / W table bytes per rank and a
+  restore reads each rank's rows only, at whatever world size it runs: DCP reshards them;
+* everything else (model, TempNets, optimizers, the data position, every rank's RNG state, the
+  step, the resolved config, ...) is identical on every rank under DDP or gathered, so rank 0
+  writes it once, as one ``torch.save`` blob inside the folder (:data:`RUN_STATE`).
+
+Atomic: the ranks write into ``checkpoints/.step_000000123.tmp`` and rank 0 renames it once DCP
+has written its ``.metadata`` (which it does after every rank's files are done), so a crash or a
+preemption mid-write never leaves a partial checkpoint under a real name;
+:func:`remove_stale_temporaries` deletes what such a crash left. The last ``keep_last`` are kept.
+Files and folders get the permissions the user's umask gives (a shared group can read a run).
+
+Single-file checkpoints (``checkpoints/step_000000123.pt``, one ``torch.save`` of the whole
+payload, tables whole: what clipdro wrote before) still load everywhere, at any world size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pickle
 import random
 import re
+import shutil
 import struct
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +43,12 @@ import torch
 from clipdro.errors import UsageError
 
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"step_(\d+)\.pt$")
-_TEMPORARY = ".step_*.pt.*.tmp"  # save_atomic's mkstemp names for checkpoint files
+_NAME = re.compile(r"step_(\d+)(\.pt)?$")
+# What crashes leave: save_atomic's mkstemp names (single files), the folders sharded checkpoints are written
+# into and the one a rewritten step's previous checkpoint is moved to before it is deleted.
+_TEMPORARIES = (".step_*.pt.*.tmp", ".step_*.tmp", ".step_*.old")
+RUN_STATE = "run_state"  # the DCP key of rank 0's blob: everything but the per-sample tables
+_DCP_METADATA = ".metadata"
 # What torch.load raises for a file that is not a torch checkpoint (or a damaged one): pickle's
 # errors, the zip reader's RuntimeError, truncation, and unpickling classes that do not exist.
 _NOT_A_CHECKPOINT = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError,
@@ -38,13 +56,19 @@ _NOT_A_CHECKPOINT = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError,
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:09d}.pt"
+    """The (sharded, folder) checkpoint of ``step`` in ``run_dir``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:09d}"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / _DCP_METADATA).is_file()
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, oldest first."""
+    """Checkpoints of a run, sharded folders and single files alike, oldest first."""
     folder = Path(run_dir) / CHECKPOINT_DIR
-    found = [(int(match.group(1)), path) for path in folder.glob("step_*.pt") if (match := _NAME.search(path.name))]
+    found = [(int(match.group(1)), path) for path in folder.glob("step_*") if (match := _NAME.fullmatch(path.name))
+             and (is_sharded_checkpoint(path) if match.group(2) is None else path.is_file())]
     return [path for _, path in sorted(found)]
 
 
@@ -72,32 +96,69 @@ def _current_umask() -> int:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary checkpoint files (``checkpoints/.step_*.pt.*.tmp``) a crash left in
-    ``run_dir`` and return them. Call it only while no process writes checkpoints to the run."""
-    removed = []
-    for path in sorted((Path(run_dir) / CHECKPOINT_DIR).glob(_TEMPORARY)):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    """Delete the temporary checkpoint files and folders a crash left in ``run_dir``
+    (:data:`_TEMPORARIES`) and return them. Call it only while no process writes checkpoints to the run."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    removed = sorted({path for pattern in _TEMPORARIES for path in folder.glob(pattern)})
+    for path in removed:
+        _remove(path)
     return removed
 
 
-def save_checkpoint(payload: dict[str, Any], run_dir: Path, step: int, keep_last: int) -> Path:
-    path = checkpoint_path(run_dir, step)
-    save_atomic(payload, path)
-    if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            old.unlink(missing_ok=True)
-    return path
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Silences DCP's warning that it saves or loads "in a single process": that is what one process means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def save_sharded_checkpoint(run_state: dict[str, Any] | None, tables: dict[str, torch.Tensor], path: Path) -> None:
+    """Write checkpoint folder ``path``: every rank calls this with its ``tables`` (DCP key -> this rank's
+    rows as a DTensor, or the whole column in one process); ``run_state`` is rank 0's (None elsewhere)."""
+    import torch.distributed.checkpoint as dcp
+
+    from clipdro.distributed import barrier, get_rank, is_distributed
+
+    temporary = path.parent / f".{path.name}.tmp"
+    if get_rank() == 0:
+        _remove(temporary)  # a crashed write of the same step
+        temporary.mkdir(parents=True)
+    barrier()
+    state: dict[str, Any] = dict(tables)
+    if get_rank() == 0:
+        # Serialised here, as bytes: DCP would walk a dict value and drop its empty parts (e.g. a loss
+        # whose state is all tables), and loading it must be able to pass map_location.
+        blob = io.BytesIO()
+        torch.save(run_state, blob)
+        state[RUN_STATE] = blob.getvalue()
+    with _single_process_quiet():
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(temporary),
+                 planner=dcp.DefaultSavePlanner(flatten_state_dict=False), no_dist=not is_distributed())
+    if get_rank() == 0:  # DCP returns on rank 0 after its .metadata, which follows every rank's files
+        previous = path.parent / f".{path.name}.old"
+        if path.exists():  # the same step written again (a run resumed from an earlier checkpoint)
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        _remove(previous)
 
 
 def resolve_checkpoint(spec: str | Path, run_dir: Path | None = None) -> Path:
-    """``latest`` (this run's newest), a run folder (its newest) or a checkpoint file."""
+    """``latest`` (this run's newest), a run folder (its newest) or a checkpoint (folder or file)."""
     if str(spec) == "latest":
         if run_dir is None:
             raise UsageError("--resume latest needs the run folder (set output_dir and name)")
         spec = run_dir
     path = Path(spec)
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         found = list_checkpoints(path)
         if not found:
@@ -108,9 +169,18 @@ def resolve_checkpoint(spec: str | Path, run_dir: Path | None = None) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The payload of a clipdro checkpoint file (a dict with a ``format``). Anything else (a
-    text file, a truncated or foreign file) is a :class:`UsageError` naming the file and why."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    tables: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The payload of a clipdro checkpoint (a dict with a ``format``), per-sample tables included
+    as ``payload[part][key]``. Anything else (a text file, a truncated or foreign file) is a
+    :class:`UsageError` naming the path and why.
+
+    For a sharded checkpoint, ``tables`` (DCP key ``part/key`` -> DTensor or tensor, e.g.
+    :func:`clipdro.state.table_shards` of the live parts) are filled in place with the rows they
+    hold (a collective: every rank calls it); by default every column is read whole."""
+    path = Path(path)
+    if is_sharded_checkpoint(path):
+        return _load_sharded(path, map_location, tables)
     try:
         # Checkpoints hold numpy RNG state and plain Python objects: not weights-only loadable.
         state = torch.load(path, map_location=map_location, weights_only=False)
@@ -125,6 +195,53 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if "format" not in state:
         raise UsageError(f"{path}: not a clipdro checkpoint (no 'format' field: weights saved by another tool?)")
     return state
+
+
+def _run_state_loader(map_location: str | torch.device):
+    import torch.distributed.checkpoint as dcp
+
+    class RunStateLoader(dcp.DefaultLoadPlanner):
+        """Loads the tables in place, as DCP does, and keeps the run-state blob, loaded onto ``map_location``
+        (DCP's own planner would put it into a copy of the state dict the caller never sees)."""
+
+        def __init__(self):
+            super().__init__(flatten_state_dict=False)
+            self.run_state = None
+
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            blob = torch.load(value, weights_only=True)  # DCP's wrapping of the bytes object
+            self.run_state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=False)
+
+    return RunStateLoader()
+
+
+def _load_sharded(path: Path, map_location: str | torch.device,
+                  tables: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(path)
+    try:
+        entries = reader.read_metadata().state_dict_metadata
+    except Exception as error:  # noqa: BLE001 - DCP raises whatever unpickling a damaged file raises
+        raise UsageError(f"{path}: not a clipdro checkpoint ({_short_reason(error)})") from None
+    if RUN_STATE not in entries:
+        raise UsageError(f"{path}: not a clipdro checkpoint (a torch.distributed.checkpoint without {RUN_STATE!r})")
+    if tables is None:
+        tables = {key: torch.empty(entry.size, dtype=entry.properties.dtype) for key, entry in entries.items()
+                  if isinstance(entry, dcp.TensorStorageMetadata)}
+    missing = sorted(set(tables) - set(entries))
+    if missing:
+        raise UsageError(f"{path}: the checkpoint has no table {missing[0]!r} (a run of another loss?)")
+    from clipdro.distributed import is_distributed
+
+    planner = _run_state_loader(map_location)
+    with _single_process_quiet():
+        dcp.load({RUN_STATE: b"", **tables}, storage_reader=reader, planner=planner, no_dist=not is_distributed())
+    payload = planner.run_state
+    for key, table in tables.items():
+        part, name = key.split("/", 1)
+        payload[part][name] = table.to_local() if hasattr(table, "to_local") else table.to(map_location)
+    return payload
 
 
 def _short_reason(error: BaseException) -> str:
@@ -149,17 +266,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_run_checkpoint(state: dict[str, Any], *, run_dir: Path, step: int, keep_last: int, config: dict,
-                        nonfinite_steps: int) -> Path | None:
-    """Every rank calls this (the RNG states are gathered); rank 0 adds the fields every run
-    checkpoint has (step, RNG states of all ranks, skipped steps, resolved config, package
-    versions) to ``state`` and writes it. Returns the path on rank 0, None elsewhere."""
+def save_run_checkpoint(state: dict[str, Any], tables: dict[str, torch.Tensor], *, run_dir: Path, step: int,
+                        keep_last: int, config: dict, nonfinite_steps: int) -> Path | None:
+    """Every rank calls this (the RNG states are gathered, each rank writes its table rows); rank 0
+    adds the fields every run checkpoint has (step, RNG states of all ranks, skipped steps, resolved
+    config, package versions) to ``state`` and deletes all but the newest ``keep_last`` (0: none).
+    Returns the path on rank 0, None elsewhere."""
     from clipdro.distributed import gather_objects, get_rank
     from clipdro.info import environment_info
 
     rng_states = gather_objects(rng_state())
+    payload = None
+    if get_rank() == 0:
+        payload = {**state, "step": step, "rng": rng_states, "nonfinite_steps": nonfinite_steps, "config": config,
+                   "versions": environment_info()["packages"]}
+    path = checkpoint_path(run_dir, step)
+    save_sharded_checkpoint(payload, tables, path)
     if get_rank() != 0:
         return None
-    payload = {**state, "step": step, "rng": rng_states, "nonfinite_steps": nonfinite_steps, "config": config,
-               "versions": environment_info()["packages"]}
-    return save_checkpoint(payload, run_dir, step, keep_last)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            _remove(old)
+    return path

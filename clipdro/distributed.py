@@ -194,6 +194,12 @@ def check_equal_local_batches(local_rows: int, device: torch.device) -> None:
         raise RuntimeError(f"local batch sizes differ across ranks: {sizes.tolist()}")
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def broadcast_object(value: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``value`` on every rank (a picklable object)."""
     if not is_distributed():

@@ -9,7 +9,9 @@ rest, once for both trainers:
   leaves nothing behind), with the resolved ``config.yaml``, ``train.log``, ``metrics.jsonl``,
   TensorBoard events and ``eval/step_N.json``;
 * resume: a checkpoint is ``{name: part.state_dict()}`` for the job's parts plus the loss
-  scaler, the step, every rank's RNG state, the skipped-step count and the resolved config;
+  scaler, the step, every rank's RNG state, the skipped-step count and the resolved config, in
+  one sharded folder (clipdro.checkpoint): each rank writes its rows of the per-sample tables,
+  rank 0 the rest; a run resumes at any world size;
 * the update: the non-finite branch (taken by every rank together), loss scaling, gradient
   clipping over every parameter the optimizers hold, every optimizer, then the job's hook;
 * the loop: data / compute timing, epochs, the log line, SIGTERM, and the final checkpoint
@@ -53,6 +55,7 @@ from clipdro.distributed import any_rank, broadcast_object, close_distributed, i
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.run_logging import RunLogger
 from clipdro.runtime import autocast_context, parse_device
+from clipdro.state import table_shards
 
 log = logging.getLogger("clipdro.engine")
 
@@ -199,6 +202,12 @@ def rng_preserved() -> Iterator[None]:
         set_rng_state(state)
 
 
+def _table_shards(job: TrainingJob) -> dict[str, torch.Tensor]:
+    """The per-sample table columns of the job's parts as sharded checkpoints store them (``part/key``)."""
+    return {f"{name}/{key}": shard for name, part in job.parts.items() if isinstance(part, torch.nn.Module)
+            for key, shard in table_shards(part).items()}
+
+
 def peak_memory(device: torch.device) -> dict[str, float]:
     """This rank's peak allocated CUDA memory since start, in GiB (nothing on other devices)."""
     if device.type != "cuda":
@@ -340,7 +349,8 @@ class RunEngine:
 
     def _restore(self, job: TrainingJob, resume: str) -> int:
         path = resolve_checkpoint(resume, self.run_dir)
-        state = load_checkpoint(path, map_location=self.device)
+        # A sharded checkpoint's table rows go straight into this rank's tables, at any world size.
+        state = load_checkpoint(path, map_location=self.device, tables=_table_shards(job))
         if state.get("format") != self.checkpoint_format:
             raise UsageError(f"{path}: not a {self.checkpoint_format} checkpoint (format {state.get('format')!r})")
         self._check_resumed_config(path, state["config"])
@@ -349,7 +359,13 @@ class RunEngine:
                 part.load_state_dict(state[name])
         self.scaler.load_state_dict(state["scaler"])
         self.nonfinite.total = state["nonfinite_steps"]
-        set_rng_state(state["rng"][self.context.rank])
+        saved_world_size = len(state["rng"])
+        if saved_world_size == self.context.world_size:
+            set_rng_state(state["rng"][self.context.rank])
+        else:  # the tables reshard; random streams cannot: each rank starts its own, as a fresh run would
+            log.warning("resuming a checkpoint of %d rank(s) on %d: the tables are resharded; the random streams "
+                        "restart from run.seed + step + rank", saved_world_size, self.context.world_size)
+            torch.manual_seed(self.run.seed + state["step"] + self.context.rank)
         self._last_checkpoint_step = state["step"]
         log.info("resumed from %s at step %d", path, state["step"])
         return state["step"]
@@ -405,7 +421,11 @@ class RunEngine:
         state = {"format": self.checkpoint_format, **job.metadata,
                  **{name: None if part is None else part.state_dict() for name, part in job.parts.items()},
                  "scaler": self.scaler.state_dict()}
-        path = save_run_checkpoint(state, run_dir=self.run_dir, step=step, keep_last=self.run.keep_last,
+        tables = _table_shards(job)
+        for key in tables:  # each rank writes its own rows of these; rank 0 the rest
+            part, name = key.split("/", 1)
+            del state[part][name]
+        path = save_run_checkpoint(state, tables, run_dir=self.run_dir, step=step, keep_last=self.run.keep_last,
                                    config=to_dict(self.config), nonfinite_steps=self.nonfinite.total)
         self._last_checkpoint_step = step
         if path is not None:

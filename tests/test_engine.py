@@ -23,7 +23,7 @@ def test_an_interrupted_and_resumed_run_reproduces_the_uninterrupted_run(shards,
     train(config_for(shards, parts, *common, "run.stop_after=4"))
     train(config_for(shards, parts, *common), resume="latest")
     assert step_losses(parts) == pytest.approx(step_losses(full), abs=0, rel=1e-12)
-    assert [path.name for path in list_checkpoints(parts)][:1] == ["step_000000004.pt"]
+    assert [path.name for path in list_checkpoints(parts)][:1] == ["step_000000004"]
     final_full, final_parts = (load_checkpoint(list_checkpoints(run)[-1]) for run in (full, parts))
     for section in ("model", "loss"):
         for key, value in final_full[section].items():
@@ -60,7 +60,7 @@ def test_checkpoint_comes_before_evaluation_and_the_folder_holds_eval_json(shard
         train(config_for(shards, run_dir, "run.epochs=1", "run.checkpoint_every=2", "eval.every_steps=2",
                          f"eval.retrieval=[{labelled_evalset}]"))
     # The training up to the failed evaluation is safe: its checkpoint was written first.
-    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002.pt"]
+    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002"]
 
 
 def test_rng_preserved_restores_every_stream():

@@ -211,7 +211,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_last_one_intact(shards, uni
                      *overrides(shards, run_dir, "run.checkpoint_every=6")])
     status, output = finish(process)
     assert status == -signal.SIGKILL, output[-3000:]
-    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000006.pt"]
+    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000006"]
     leftovers = list((run_dir / "checkpoints").glob(".*.tmp"))
     assert leftovers  # what the kill left behind
     assert_resumes_exactly(shards, run_dir, uninterrupted, "run.checkpoint_every=6")

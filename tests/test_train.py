@@ -52,7 +52,7 @@ def test_sigterm_writes_a_checkpoint_and_returns(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(DROContrastiveLoss, "forward", forward_then_signal)
     assert threading.current_thread() is threading.main_thread()
     train(config_for(shards, run_dir, "run.epochs=1"))
-    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002.pt"]
+    assert [path.name for path in list_checkpoints(run_dir)] == ["step_000000002"]
 
 
 def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monke
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         train(config_for(shards, run_dir, "run.epochs=1", "run.checkpoint_every=1", "run.max_nonfinite_steps=3"))
     checkpoints = list_checkpoints(run_dir)
-    assert checkpoints[-1].name == "step_000000002.pt"  # steps 3-5 failed, nothing after the last good one
+    assert checkpoints[-1].name == "step_000000002"  # steps 3-5 failed, nothing after the last good one
     assert torch.isfinite(load_checkpoint(checkpoints[-1])["loss"]["image_table.s"]).all()
 
 

@@ -3,7 +3,8 @@
 Run as ``torchrun --standalone --nproc_per_node=W tests/workers/contrastive_steps.py OUT``
 (or in-process through :func:`run_steps` for the single-process reference). Each rank holds
 ``GLOBAL_BATCH / W`` rows; gradients are averaged over ranks as DDP would average them,
-gathered in rank order, and rank 0 saves them with every rank's copy of the loss state.
+gathered in rank order, and rank 0 saves them with the loss state, each per-sample table put
+together from the rows every rank owns.
 """
 
 import sys
@@ -12,12 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from clipdro.distributed import all_gather_no_grad, get_rank, get_world_size, init_distributed, is_distributed
+from clipdro.distributed import all_gather_no_grad, gather_objects, get_rank, get_world_size, init_distributed, is_distributed
 from clipdro.losses import build_contrastive_loss
 
 GLOBAL_BATCH = 8
 NUM_SAMPLES = 16
-STEP_IDS = [list(range(0, 8)), list(range(4, 12)), [0, 2, 4, 6, 8, 10, 12, 14]]
+# The last step repeats ids within a rank and across ranks (the duplicate rule of clipdro.state).
+STEP_IDS = [list(range(0, 8)), list(range(4, 12)), [0, 2, 4, 6, 8, 10, 12, 14], [3, 1, 3, 7, 1, 9, 3, 12]]
 LOSS_OPTIONS = {
     "tempnet": {"rho": 1.0, "table_dtype": torch.float64},
     "sogclr": {"tau": 0.03, "table_dtype": torch.float64},
@@ -73,11 +75,8 @@ def run_steps() -> dict:
                 "grads": gathered_grads,
                 "image_tau": all_gather_no_grad(output.image_tau.contiguous()),
             })
-        # Every rank's copy of the state, stacked: [W, ...] (bool flags as uint8 for gloo).
-        state = {}
-        for key, value in loss_fn.state_dict().items():
-            value = value.to(torch.uint8) if value.dtype == torch.bool else value
-            state[key] = all_gather_no_grad(value[None])
+        # The whole state: every rank's rows of each per-sample table, concatenated in rank order.
+        state = {key: torch.cat(gather_objects(value)) for key, value in loss_fn.state_dict().items()}
         results[name] = {"steps": steps, "state": state}
     return results
 
