@@ -21,7 +21,8 @@ from tests.launch import REPO_ROOT, run_torchrun
 from tests.workers import reshard_tables
 
 PAYLOAD = {"format": "clipdro-checkpoint/1", "step": 3, "weights": torch.arange(4.0), "loss": {"tau": 0.5}}
-TABLES = {"loss/image_table.s": torch.linspace(0, 1, 7), "loss/image_table.seen": torch.tensor([True, False] * 3 + [True])}
+TABLES = {"loss/image_table.s": torch.linspace(0, 1, 7),
+          "loss/image_table.seen": torch.tensor([True, False] * 3 + [True])}
 
 
 def save(run_dir, step, payload=PAYLOAD):
@@ -127,7 +128,8 @@ def test_a_folder_is_not_a_checkpoint_file(tmp_path):
 
 
 def reshard_at(world_size: int, source, target) -> None:
-    """Checkpoint ``source`` ('-': new tables) read at ``world_size`` ranks, checked row by row, written to ``target``."""
+    """Checkpoint ``source`` ('-': new tables) read at ``world_size`` ranks, checked row by row, written to
+    ``target``."""
     if world_size == 1:
         reshard_tables.reshard(str(source), target)
     else:

@@ -38,7 +38,7 @@ def test_row_blocks_cover_the_table_once_in_dtensor_layout():
     for num_samples, world_size in [(11, 4), (5, 4), (3, 4), (16, 2), (7, 1)]:
         blocks = [row_block(num_samples, world_size, rank) for rank in range(world_size)]
         assert blocks[0][0] == 0 and blocks[-1][1] == num_samples
-        assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:]))
+        assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:], strict=False))
         # torch.chunk's sizes (what DTensor's Shard(0) uses), empty trailing chunks included
         chunks = [len(chunk) for chunk in torch.arange(num_samples).chunk(world_size)]
         assert [stop - start for start, stop in blocks] == chunks + [0] * (world_size - len(chunks))

@@ -13,7 +13,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from clipdro.distributed import all_gather_no_grad, gather_objects, get_rank, get_world_size, init_distributed, is_distributed
+from clipdro.distributed import (
+    all_gather_no_grad,
+    gather_objects,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+)
 from clipdro.losses import build_contrastive_loss
 
 GLOBAL_BATCH = 8
