@@ -8,7 +8,7 @@ A run checkpoint is a folder ``checkpoints/step_000000123/`` written with
   restore reads each rank's rows only, at whatever world size it runs: DCP reshards them;
 * everything else (model, TempNets, optimizers, the data position, every rank's RNG state, the
   step, the resolved config, ...) is identical on every rank under DDP or gathered, so rank 0
-  writes it once, as one ``torch.save`` blob inside the folder (:data:`RUN_STATE`).
+  writes it once, as one ``torch.save`` file in the folder (:data:`RUN_STATE`), read by every rank.
 
 Atomic: the ranks write into ``checkpoints/.step_000000123.tmp`` and rank 0 renames it once DCP
 has written its ``.metadata`` (which it does after every rank's files are done), so a crash or a
@@ -47,7 +47,7 @@ _NAME = re.compile(r"step_(\d+)(\.pt)?$")
 # What crashes leave: save_atomic's mkstemp names (single files), the folders sharded checkpoints are written
 # into and the one a rewritten step's previous checkpoint is moved to before it is deleted.
 _TEMPORARIES = (".step_*.pt.*.tmp", ".step_*.tmp", ".step_*.old")
-RUN_STATE = "run_state"  # the DCP key of rank 0's blob: everything but the per-sample tables
+RUN_STATE = "run_state.pt"  # rank 0's file in a checkpoint folder: everything but the per-sample tables
 _DCP_METADATA = ".metadata"
 # What torch.load raises for a file that is not a torch checkpoint (or a damaged one): pickle's
 # errors, the zip reader's RuntimeError, truncation, and unpickling classes that do not exist.
@@ -131,16 +131,10 @@ def save_sharded_checkpoint(run_state: dict[str, Any] | None, tables: dict[str, 
     if get_rank() == 0:
         _remove(temporary)  # a crashed write of the same step
         temporary.mkdir(parents=True)
+        save_atomic(run_state, temporary / RUN_STATE)
     barrier()
-    state: dict[str, Any] = dict(tables)
-    if get_rank() == 0:
-        # Serialised here, as bytes: DCP would walk a dict value and drop its empty parts (e.g. a loss
-        # whose state is all tables), and loading it must be able to pass map_location.
-        blob = io.BytesIO()
-        torch.save(run_state, blob)
-        state[RUN_STATE] = blob.getvalue()
     with _single_process_quiet():
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(temporary),
+        dcp.save(tables, storage_writer=dcp.FileSystemWriter(temporary),
                  planner=dcp.DefaultSavePlanner(flatten_state_dict=False), no_dist=not is_distributed())
     if get_rank() == 0:  # DCP returns on rank 0 after its .metadata, which follows every rank's files
         previous = path.parent / f".{path.name}.old"
@@ -197,47 +191,30 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     return state
 
 
-def _run_state_loader(map_location: str | torch.device):
-    import torch.distributed.checkpoint as dcp
-
-    class RunStateLoader(dcp.DefaultLoadPlanner):
-        """Loads the tables in place, as DCP does, and keeps the run-state blob, loaded onto ``map_location``
-        (DCP's own planner would put it into a copy of the state dict the caller never sees)."""
-
-        def __init__(self):
-            super().__init__(flatten_state_dict=False)
-            self.run_state = None
-
-        def load_bytes(self, read_item, value: io.BytesIO) -> None:
-            blob = torch.load(value, weights_only=True)  # DCP's wrapping of the bytes object
-            self.run_state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=False)
-
-    return RunStateLoader()
-
-
 def _load_sharded(path: Path, map_location: str | torch.device,
                   tables: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
+
+    from clipdro.distributed import is_distributed
 
     reader = dcp.FileSystemReader(path)
     try:
         entries = reader.read_metadata().state_dict_metadata
     except Exception as error:  # noqa: BLE001 - DCP raises whatever unpickling a damaged file raises
         raise UsageError(f"{path}: not a clipdro checkpoint ({_short_reason(error)})") from None
-    if RUN_STATE not in entries:
-        raise UsageError(f"{path}: not a clipdro checkpoint (a torch.distributed.checkpoint without {RUN_STATE!r})")
+    if not (path / RUN_STATE).is_file():
+        raise UsageError(f"{path}: not a clipdro checkpoint (a torch.distributed.checkpoint without {RUN_STATE})")
+    payload = load_checkpoint(path / RUN_STATE, map_location)
     if tables is None:
         tables = {key: torch.empty(entry.size, dtype=entry.properties.dtype) for key, entry in entries.items()
                   if isinstance(entry, dcp.TensorStorageMetadata)}
     missing = sorted(set(tables) - set(entries))
     if missing:
         raise UsageError(f"{path}: the checkpoint has no table {missing[0]!r} (a run of another loss?)")
-    from clipdro.distributed import is_distributed
-
-    planner = _run_state_loader(map_location)
-    with _single_process_quiet():
-        dcp.load({RUN_STATE: b"", **tables}, storage_reader=reader, planner=planner, no_dist=not is_distributed())
-    payload = planner.run_state
+    if tables:
+        with _single_process_quiet():
+            dcp.load(tables, storage_reader=reader, planner=dcp.DefaultLoadPlanner(flatten_state_dict=False),
+                     no_dist=not is_distributed())
     for key, table in tables.items():
         part, name = key.split("/", 1)
         payload[part][name] = table.to_local() if hasattr(table, "to_local") else table.to(map_location)

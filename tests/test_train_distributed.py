@@ -85,3 +85,21 @@ def test_two_ranks_equal_one_process(datasets, tmp_path, loss_name):
                                            msg=f"{section}.{key}")
             else:
                 assert torch.equal(other, value), f"{section}.{key}"
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_on_one_process_with_every_table_row_in_place(datasets, tmp_path):
+    _, two = datasets
+    run_dir = tmp_path / "run"
+    arguments = overrides(two, run_dir, LOCAL_BATCH, "tempnet")
+    run_torchrun("-m", "clipdro.cli", "train", *arguments, "run.stop_after=2")
+    saved = load_checkpoint(list_checkpoints(run_dir)[-1])
+    assert saved["step"] == 2 and int(saved["loss"]["image_table.seen"].sum()) == 2 * 2 * LOCAL_BATCH
+    train(load_config(TrainConfig, None, [*arguments, "run.stop_after=3"]), resume="latest")
+    resumed = load_checkpoint(list_checkpoints(run_dir)[-1])
+    assert resumed["step"] == 3 and losses(run_dir)[-1] == pytest.approx(losses(run_dir)[-1])  # finite
+    # The one step taken on 1 process rewrote at most its own batch's rows; every other row is the 2-rank run's.
+    for key, before in saved["loss"].items():
+        changed = resumed["loss"][key] != before
+        assert int(changed.sum()) <= LOCAL_BATCH, key
+    assert bool((resumed["loss"]["text_table.seen"] >= saved["loss"]["text_table.seen"]).all())
