@@ -122,7 +122,7 @@ def _remove(path: Path) -> None:
 
 def save_sharded_checkpoint(run_state: dict[str, Any] | None, tables: dict[str, torch.Tensor], path: Path) -> None:
     """Write checkpoint folder ``path``: every rank calls this with its ``tables`` (DCP key -> this rank's
-    rows as a DTensor, or the whole column in one process); ``run_state`` is rank 0's (None elsewhere)."""
+    rows with their place in the whole column: clipdro.state.table_shards); ``run_state`` is rank 0's (None elsewhere)."""
     import torch.distributed.checkpoint as dcp
 
     from clipdro.distributed import barrier, get_rank, is_distributed
@@ -169,7 +169,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     as ``payload[part][key]``. Anything else (a text file, a truncated or foreign file) is a
     :class:`UsageError` naming the path and why.
 
-    For a sharded checkpoint, ``tables`` (DCP key ``part/key`` -> DTensor or tensor, e.g.
+    For a sharded checkpoint, ``tables`` (DCP key ``part/key`` -> tensor, e.g.
     :func:`clipdro.state.table_shards` of the live parts) are filled in place with the rows they
     hold (a collective: every rank calls it); by default every column is read whole."""
     path = Path(path)
@@ -217,7 +217,7 @@ def _load_sharded(path: Path, map_location: str | torch.device,
                      no_dist=not is_distributed())
     for key, table in tables.items():
         part, name = key.split("/", 1)
-        payload[part][name] = table.to_local() if hasattr(table, "to_local") else table.to(map_location)
+        payload[part][name] = table.to(map_location)
     return payload
 
 

@@ -6,8 +6,8 @@ travel in checkpoints (the reference code never checkpoints them; a resumed run 
 
 **Owner-sharded.** Under ``torch.distributed`` with W ranks, rank r stores only the rows of
 ids in its block [r * ceil(N / W), (r + 1) * ceil(N / W)) (clipped to N; :func:`row_block`):
-table memory per rank is N / W. The blocks are the layout of a DTensor sharded on dim 0, so a
-sharded checkpoint (clipdro.checkpoint) reloads them at any other world size. Why owners
+table memory per rank is N / W. :func:`table_shards` marks each rank's rows with their place in
+the whole column, so a sharded checkpoint (clipdro.checkpoint) reloads them at any other world size. Why owners
 rather than rank-local data (each rank reading a fixed partition whose ids only it touches):
 the batches stay exactly what they are on one machine in both data modes, resampled included;
 a run can change its world size without repartitioning the data; and keys spread sparsely
@@ -44,7 +44,7 @@ _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 def row_block(num_samples: int, world_size: int, rank: int) -> tuple[int, int]:
     """Rank ``rank``'s ids [start, stop) of a table of ``num_samples`` rows over ``world_size``
     ranks: blocks of ceil(N / W) rows, the last ones shorter or empty (torch.chunk's and
-    DTensor Shard(0)'s layout, so sharded checkpoints reshard them)."""
+    DTensor Shard(0)'s layout)."""
     block = -(-num_samples // world_size)
     start = min(rank * block, num_samples)
     return start, min(start + block, num_samples)
@@ -170,27 +170,33 @@ class SampleTable(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+# Rows per piece a table column is checkpointed in (4 MiB of float32). It bounds the memory a checkpoint needs
+# beside the tables: a restore reads one piece at a time, and DCP's writer copies each piece of a buffer before
+# writing it (a slice does not own its storage) and keeps the last copy of every column until its file is done.
+CHECKPOINT_PIECE_ROWS = 1 << 20
+
+
 def table_shards(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Every :class:`SampleTable` column under ``module``, by its ``state_dict`` key, as a tensor
-    of this rank's rows together with where they lie in the whole table: a DTensor sharded on dim 0
-    over the default process group when the table is sharded, else the whole column. The DTensors
-    share the buffers' storage, so loading a sharded checkpoint into them fills the tables in place."""
+    """Every :class:`SampleTable` column under ``module``, by its ``state_dict`` key, as this rank's rows
+    marked with where they lie in the whole column: the fields of DCP's ``CheckpointableTensor`` protocol
+    (``global_shape``, and per piece of at most CHECKPOINT_PIECE_ROWS rows its global offset, local offset
+    and size). The tensors are views of the buffers, so loading a sharded checkpoint into them fills the
+    tables in place, and DCP reads each piece from wherever a checkpoint of any world size put it."""
     shards = {}
     for prefix, table in module.named_modules():
         if not isinstance(table, SampleTable):
             continue
         for name in table.columns:
             key = f"{prefix}.{name}" if prefix else name
-            shards[key] = _as_sharded(getattr(table, name), table.num_samples, table.world_size)
+            shards[key] = _checkpointable(getattr(table, name), table.row_start, table.num_samples)
     return shards
 
 
-def _as_sharded(local: torch.Tensor, num_samples: int, world_size: int) -> torch.Tensor:
-    if world_size == 1:
-        return local
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor, Shard
-
-    mesh = init_device_mesh(local.device.type, (world_size,))
-    return DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=torch.Size([num_samples]),
-                              stride=(1,))
+def _checkpointable(local: torch.Tensor, row_start: int, num_samples: int) -> torch.Tensor:
+    view = local.view(local.shape)  # a new tensor object on the buffer's storage carries the fields
+    pieces = range(0, local.shape[0], CHECKPOINT_PIECE_ROWS)
+    view.global_shape = (num_samples,)
+    view.global_offsets = tuple((row_start + offset,) for offset in pieces)
+    view.local_offsets = tuple((offset,) for offset in pieces)
+    view.local_sizes = tuple((min(CHECKPOINT_PIECE_ROWS, local.shape[0] - offset),) for offset in pieces)
+    return view
