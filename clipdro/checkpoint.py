@@ -23,7 +23,6 @@ payload, tables whole: what clipdro wrote before) still load everywhere, at any 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import random
@@ -122,7 +121,8 @@ def _remove(path: Path) -> None:
 
 def save_sharded_checkpoint(run_state: dict[str, Any] | None, tables: dict[str, torch.Tensor], path: Path) -> None:
     """Write checkpoint folder ``path``: every rank calls this with its ``tables`` (DCP key -> this rank's
-    rows with their place in the whole column: clipdro.state.table_shards); ``run_state`` is rank 0's (None elsewhere)."""
+    rows with their place in the whole column: clipdro.state.table_shards); ``run_state`` is rank 0's
+    (None elsewhere)."""
     import torch.distributed.checkpoint as dcp
 
     from clipdro.distributed import barrier, get_rank, is_distributed

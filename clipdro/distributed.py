@@ -175,13 +175,32 @@ def no_gradient_sync(module: torch.nn.Module) -> contextlib.AbstractContextManag
     return module.no_sync() if isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on at least one (ranks must take the same branch)."""
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor, true on every rank where ``flag`` is true on at least one, left where ``flag``
+    is (on the device: nothing is read back to the host, so the caller does not wait for the device)."""
     if not is_distributed():
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    value = flag.to(torch.int32)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    return value > 0
+
+
+# A gloo group over every rank for flags that live on the host (created on first use when the default
+# group is NCCL; gloo's default group serves them itself).
+_HOST_GROUP: dist.ProcessGroup | None = None
+
+
+def any_rank_on_host(flag: bool) -> bool:
+    """True on every rank when the host value ``flag`` is true on at least one (ranks must take the same
+    branch), agreed through a CPU group: no device work and no wait for the device."""
+    global _HOST_GROUP
+    if not is_distributed():
+        return flag
+    if _HOST_GROUP is None:  # every rank gets here at the same call, as new_group needs
+        _HOST_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    return bool(value.item())
 
 
 def check_equal_local_batches(local_rows: int, device: torch.device) -> None:
@@ -236,11 +255,9 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def mean_over_ranks(value: float, device: torch.device) -> float:
-    """The mean of a Python float over ranks, reduced in float64."""
-    if not is_distributed():
-        return value
-    return float(sum_over_ranks(torch.tensor([value], dtype=torch.float64, device=device)).item()) / get_world_size()
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean over ranks of a scalar tensor, reduced in float64 (read back to the host: log steps only)."""
+    return float(sum_over_ranks(value.detach().double().reshape(1))) / get_world_size()
 
 
 def shard_bounds(total: int, rank: int | None = None) -> tuple[int, int]:

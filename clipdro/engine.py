@@ -12,8 +12,9 @@ rest, once for both trainers:
   scaler, the step, every rank's RNG state, the skipped-step count and the resolved config, in
   one sharded folder (clipdro.checkpoint): each rank writes its rows of the per-sample tables,
   rank 0 the rest; a run resumes at any world size;
-* the update: the non-finite branch (taken by every rank together), loss scaling, gradient
-  clipping over every parameter the optimizers hold, every optimizer, then the job's hook;
+* the update: the non-finite skip (a device flag every rank agrees on, taken by the fused
+  optimizers; nothing is read back to the host outside log and checkpoint steps), loss scaling,
+  gradient clipping over every parameter the optimizers hold, every optimizer, then the job's hook;
 * the loop: data / compute timing, epochs, the log line, SIGTERM, and the final checkpoint
   and evaluation.
 
@@ -51,7 +52,7 @@ from clipdro.checkpoint import (
     set_rng_state,
 )
 from clipdro.config import OptimConfig, RunConfig, from_dict, load_config, save_config, to_dict
-from clipdro.distributed import any_rank, broadcast_object, close_distributed, init_distributed
+from clipdro.distributed import any_rank, any_rank_on_host, broadcast_object, close_distributed, init_distributed
 from clipdro.errors import UsageArgumentParser, UsageError
 from clipdro.run_logging import RunLogger
 from clipdro.runtime import autocast_context, parse_device
@@ -96,9 +97,14 @@ class StepOutput:
     """What a trainer's step function returns; the engine does the backward and the update."""
 
     objective: torch.Tensor  # backward() runs on this: this rank's share of the global loss
-    loss: float  # the step's loss as logged (the engine sets NaN when the step is skipped)
+    # The step's loss as logged: a detached scalar tensor, left on the device (the engine sets NaN when the
+    # step is skipped). Nothing reads it back to the host outside log steps, so steps do not wait for the device.
+    loss: torch.Tensor
     details: Any = None  # whatever the trainer's log_values needs (temperatures, loss metrics)
-    finite: bool = True  # set by the engine: False when some rank's loss was NaN/Inf and the step skipped
+    # Set by the engine. nonfinite: whether some rank's loss was NaN/Inf (the step is skipped), a device flag;
+    # finite: its host value, read at log and checkpoint steps only (what log_values sees).
+    nonfinite: torch.Tensor | None = None
+    finite: bool = True
     # A step whose backward is more than one call on ``objective`` (gradient accumulation,
     # clipdro.train.accumulated_clip_step) sets this; the engine then calls backward(scale), with ``scale`` the
     # loss scaler's GradScaler.scale, instead of scale(objective).backward(). It must leave the gradients
@@ -143,16 +149,32 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteGuard:
     """Counts steps skipped for a NaN/Inf loss; too many in a row stop the run.
 
-    ``total`` goes into checkpoints and the log. No checkpoint is written inside a streak, so
-    when the error is raised the newest checkpoint is the last good one.
+    ``total`` goes into checkpoints and the log. Each step's flag stays on the device (:meth:`record`);
+    :meth:`settle` reads the flags recorded since it last ran, at log and checkpoint steps, so a streak is
+    acted on there. No checkpoint is written inside a streak, so when the error is raised the newest
+    checkpoint is the last good one.
     """
 
     def __init__(self, max_in_a_row: int, total: int = 0):
         self.max_in_a_row = max_in_a_row
         self.total = total
         self.in_a_row = 0
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, nonfinite flag) not read yet
 
-    def record(self, finite: bool, step: int) -> None:
+    def record(self, nonfinite: torch.Tensor, step: int) -> None:
+        self._pending.append((step, nonfinite))
+
+    def settle(self) -> bool:
+        """Count the recorded steps (one device-to-host read for all of them); raises NonFiniteLossError on
+        a streak of max_in_a_row. Returns whether the last step was finite."""
+        if self._pending:
+            flags = torch.stack([flag.reshape(()) for _, flag in self._pending]).tolist()
+            for (step, _), nonfinite in zip(self._pending, flags, strict=True):
+                self._count(not nonfinite, step)
+            self._pending.clear()
+        return self.in_a_row == 0
+
+    def _count(self, finite: bool, step: int) -> None:
         if finite:
             self.in_a_row = 0
             return
@@ -244,6 +266,12 @@ class RunEngine:
         self.logger: RunLogger | None = None
         self._last_checkpoint_step: int | None = None
 
+    @property
+    def fused_optimizers(self) -> bool:
+        """Whether the trainers' Adam / AdamW should be torch's fused ones on this device: they take the
+        non-finite skip as a device flag (see :meth:`_update`), so steps never wait for the device."""
+        return self.device.type in ("cpu", "cuda")
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast region of ``run.precision`` (training and in-training evaluation alike)."""
         return autocast_context(self.run.precision, self.device)
@@ -280,14 +308,20 @@ class RunEngine:
                     output = job.step(step, batch)
                     self._update(job, output)
                     step += 1
-                    if self.device.type == "cuda":
+                    self.nonfinite.record(output.nonfinite, step)
+                    # Between log and checkpoint steps nothing waits for the device: the loss, the skip
+                    # flag and the window's timing are read here only (the window's time is still right).
+                    log_now = step % self.run.log_every == 0 or step == stop_after
+                    checkpoint_now = bool(self.run.checkpoint_every) and step % self.run.checkpoint_every == 0
+                    if log_now and self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     self.logger.record_step(data_seconds=compute_start - data_start,
                                             compute_seconds=time.perf_counter() - compute_start,
                                             samples=job.samples_per_step)
-                    self.nonfinite.record(output.finite, step)
+                    if log_now or checkpoint_now:
+                        output.finite = self.nonfinite.settle()
 
-                    if step % self.run.log_every == 0 or step == stop_after:
+                    if log_now:
                         self.logger.log_step(step, job.total_steps, {
                             "epoch": step / steps_per_epoch,
                             **job.log_values(output),
@@ -295,11 +329,11 @@ class RunEngine:
                             **peak_memory(self.device),
                         }, world_size=self.context.world_size)
                     # No periodic checkpoint inside a non-finite streak: the last one stays the last good one.
-                    if self.run.checkpoint_every and step % self.run.checkpoint_every == 0 and output.finite:
+                    if checkpoint_now and output.finite:
                         self._checkpoint(job, step)
                     if job.evaluate_every and step % job.evaluate_every == 0 and step < stop_after:
                         metrics = self._evaluate(job, step)
-                    if any_rank(preemption.requested is not None, self.device):
+                    if any_rank_on_host(preemption.requested is not None):
                         log.warning("%s received: checkpoint at step %d and exit", preemption.requested or "a signal "
                                     "on another rank", step)
                         self._checkpoint(job, step)
@@ -316,12 +350,20 @@ class RunEngine:
             self.logger.close()
 
     def _update(self, job: TrainingJob, output: StepOutput) -> None:
-        """Backward, clip, step every optimizer; or, when any rank's loss is not finite, skip the step."""
-        # Every rank must take the same branch, or DDP's backward would hang.
-        if any_rank(not math.isfinite(output.loss), self.device):
+        """Backward, clip, step every optimizer; or, when any rank's loss is not finite, skip the step.
+
+        The skip is decided on the device where it can be: when no loss scaler runs and every optimizer
+        takes a ``found_inf`` flag (torch's fused Adam / AdamW: they then leave parameters, moments and step
+        counts as they were), the backward runs on every rank and the optimizers skip on the flag, with no
+        read back to the host. Otherwise (GradScaler, or another optimizer) the flag is read and the step
+        skipped before the backward, on every rank alike (DDP's backward would hang otherwise)."""
+        output.nonfinite = any_rank(~torch.isfinite(output.loss.detach()))
+        output.loss = torch.where(output.nonfinite, torch.nan, output.loss.detach())
+        skip_on_device = not self.scaler.is_enabled() and all(
+            getattr(optimizer, "_step_supports_amp_scaling", False) for optimizer in job.optimizers)
+        if not skip_on_device and bool(output.nonfinite):
             for optimizer in job.optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            output.loss, output.finite = math.nan, False
             return
         if output.backward is None:
             self.scaler.scale(output.objective).backward()
@@ -334,7 +376,11 @@ class RunEngine:
                           for parameter in group["params"]]
             torch.nn.utils.clip_grad_norm_(parameters, job.grad_clip_norm)
         for optimizer in job.optimizers:
+            if skip_on_device:
+                optimizer.found_inf = output.nonfinite.to(torch.float32)
             self.scaler.step(optimizer)
+            if skip_on_device:
+                del optimizer.found_inf
         self.scaler.update()
         for optimizer in job.optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -418,6 +464,7 @@ class RunEngine:
         """Write the checkpoint of ``step`` (every rank calls this; rank 0 writes), unless it exists."""
         if step == self._last_checkpoint_step:
             return
+        self.nonfinite.settle()  # the skipped-step count it saves (raises on a streak)
         state = {"format": self.checkpoint_format, **job.metadata,
                  **{name: None if part is None else part.state_dict() for name, part in job.parts.items()},
                  "scaler": self.scaler.state_dict()}

@@ -94,7 +94,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     evaluator = Evaluator(config.eval, model, eval_transform, tokenizer, device, config.run.precision)
 
     # --- optimisation ---------------------------------------------------------------------
-    model_optimizer, tempnet_optimizer = build_optimizers(model, config)
+    model_optimizer, tempnet_optimizer = build_optimizers(model, config, engine.fused_optimizers)
     ddp_model = engine.wrap(model)
     accum_steps = config.optim.accum_steps
 
@@ -109,7 +109,7 @@ def train(config: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     def log_values(output: StepOutput) -> dict[str, Any]:
         result = output.details
         return {
-            "loss": mean_over_ranks(output.loss, device),
+            "loss": mean_over_ranks(output.loss),
             "lr": model_optimizer.param_groups[0]["lr"],
             "tempnet_lr": tempnet_optimizer.param_groups[0]["lr"] if tempnet_optimizer else None,
             **({key: float(value) for key, value in result.metrics.items()} if output.finite else {}),
@@ -153,7 +153,7 @@ def clip_step_output(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_f
     if accum_steps > 1:
         return accumulated_clip_step(model, ddp_model, loss_fn, batch, autocast, accum_steps)
     result = clip_step(ddp_model, loss_fn, *batch, autocast())
-    return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result)
+    return StepOutput(objective=result.loss, loss=result.loss.detach(), details=result)
 
 
 def accumulated_clip_step(model: CLIPWithTempNets, ddp_model: torch.nn.Module, loss_fn: ContrastiveLoss,
@@ -207,7 +207,7 @@ def accumulated_clip_step(model: CLIPWithTempNets, ddp_model: torch.nn.Module, l
         _backward_micro_batches(ddp_model, micro_batches, rng_states, list(zip(grads[0].chunk(accum_steps),
                                 grads[1].chunk(accum_steps), strict=True)), tau_grads, autocast)
 
-    return StepOutput(objective=result.loss, loss=float(result.loss.detach()), details=result, backward=backward)
+    return StepOutput(objective=result.loss, loss=result.loss.detach(), details=result, backward=backward)
 
 
 def _backward_micro_batches(ddp_model: torch.nn.Module, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -263,8 +263,9 @@ def build_model(config: TrainConfig, with_tempnets: bool, device: torch.device):
     return model, train_transform, eval_transform, tokenizer
 
 
-def build_optimizers(model: CLIPWithTempNets, config: TrainConfig):
-    """AdamW for the CLIP model (no decay on 1-D parameters), Adam for the TempNets."""
+def build_optimizers(model: CLIPWithTempNets, config: TrainConfig, fused: bool):
+    """AdamW for the CLIP model (no decay on 1-D parameters), Adam for the TempNets; torch's fused
+    implementations when ``fused`` (RunEngine.fused_optimizers)."""
     decay, no_decay = [], []
     for parameter in model.clip.parameters():
         if parameter.requires_grad:
@@ -272,10 +273,11 @@ def build_optimizers(model: CLIPWithTempNets, config: TrainConfig):
     optim = config.optim
     model_optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+        lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
     tempnet_optimizer = None
     if model.has_tempnets:
-        tempnet_optimizer = torch.optim.Adam(model.tempnet_parameters(), lr=config.tempnet.lr, weight_decay=0.0)
+        tempnet_optimizer = torch.optim.Adam(model.tempnet_parameters(), lr=config.tempnet.lr, weight_decay=0.0,
+                                             fused=fused)
     return model_optimizer, tempnet_optimizer
 
 

@@ -8,7 +8,7 @@ import webdataset as wds
 
 from benchmarks.paper import duplicate_taus
 from benchmarks.paper.duplicate_captions import main, plan_duplicates
-from clipdro.checkpoint import checkpoint_path, save_atomic
+from clipdro.checkpoint import checkpoint_path, save_sharded_checkpoint
 from clipdro.data.manifest import Manifest
 from clipdro.data.writer import ShardSample, write_shards
 
@@ -63,8 +63,8 @@ def test_duplicate_taus_groups_an_oracle_runs_tables_by_caption(tmp_path, capsys
     image = torch.tensor([{"planted": 0.08, "repeated": 0.1, "unique": 0.05}[group] for group in groups])
     image[unique[: len(unique) // 2]] = 0.02
     text = torch.full((30,), 0.03)
-    save_atomic({"format": 1, "loss": {"image_taus": image, "text_taus": text}},
-                checkpoint_path(tmp_path / "oracle-run", 132))
+    save_sharded_checkpoint({"format": 1, "loss": {"image_taus": image, "text_taus": text}}, {},
+                            checkpoint_path(tmp_path / "oracle-run", 132))
     assert duplicate_taus.main([str(tmp_path / "oracle-run"), "--shards", str(tmp_path / "dup"),
                                 "--output", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
@@ -79,10 +79,11 @@ def test_duplicate_taus_groups_an_oracle_runs_tables_by_caption(tmp_path, capsys
 
 def test_duplicate_taus_refuses_a_run_without_oracle_tables_or_of_other_data(tmp_path, capsys):
     write_clean(tmp_path / "shards", [f"caption {i}" for i in range(10)])
-    save_atomic({"format": 1, "loss": {"tau": torch.tensor(0.07)}}, checkpoint_path(tmp_path / "clip-run", 5))
+    save_sharded_checkpoint({"format": 1, "loss": {"tau": torch.tensor(0.07)}}, {},
+                            checkpoint_path(tmp_path / "clip-run", 5))
     assert duplicate_taus.main([str(tmp_path / "clip-run"), "--shards", str(tmp_path / "shards")]) == 2
     assert "not a dataset-oracle run" in capsys.readouterr().err
     taus = {"image_taus": torch.full((12,), 0.05), "text_taus": torch.full((12,), 0.05)}
-    save_atomic({"format": 1, "loss": taus}, checkpoint_path(tmp_path / "other-run", 5))
+    save_sharded_checkpoint({"format": 1, "loss": taus}, {}, checkpoint_path(tmp_path / "other-run", 5))
     assert duplicate_taus.main([str(tmp_path / "other-run"), "--shards", str(tmp_path / "shards")]) == 2
     assert "the run has 12 samples, the shards 10" in capsys.readouterr().err

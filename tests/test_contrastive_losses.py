@@ -178,7 +178,7 @@ def test_tables_round_trip_through_state_dict():
 
 def test_out_of_range_ids_are_refused():
     loss = DROContrastiveLoss(num_samples=5, rho=1.0)
-    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+    with pytest.raises(RuntimeError, match=r"\[0, 5\)"):
         loss(*make_batch(6), sample_ids=torch.arange(6))
 
 

@@ -97,6 +97,7 @@ def test_zeroshot_wds_layout_matches_clip_benchmark(exported, tmp_path):
     _assert_close(ours, reference, TOLERANCE)
 
 
+@pytest.mark.slow  # two linear probes with their learning-rate searches: ~18 s
 def test_linear_probe_agrees_with_clip_benchmark_within_a_point(exported, tmp_path, monkeypatch):
     """Same frozen features and hyperparameters (lr, epochs, batch, 20 % held out for the weight-decay
     search); the optimisers differ in their random streams (CLIP_benchmark: global RNG, its own

@@ -83,6 +83,61 @@ def test_nonfinite_losses_are_skipped_then_stop_training(shards, tmp_path, monke
     assert torch.isfinite(load_checkpoint(checkpoints[-1])["loss"]["image_table.s"]).all()
 
 
+# What reads a tensor's value back to the host (on an accelerator: a wait for the device).
+HOST_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_steps_read_nothing_back_to_the_host_a_skipped_one_included(shards, tmp_path, monkeypatch):
+    """Between log and checkpoint steps the step function and the update (backward, the non-finite skip,
+    clipping, the optimizers) never read a tensor's value: the skip is a device flag the fused optimizers take."""
+    from clipdro.engine import RunEngine
+
+    reads, counting = [], {"on": False}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if counting["on"]:
+                reads.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def count_during(function):
+        def wrapped(*args, **kwargs):
+            counting["on"] = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                counting["on"] = False
+        return wrapped
+
+    original_fit, original_update = RunEngine.fit, RunEngine._update
+
+    def fit(self, job):
+        first_step = job.step  # step 0 also initialises the TempNet prototypes from the batch: not counted
+        job.step = lambda index, batch: (first_step if index == 0 else count_during(first_step))(index, batch)
+        return original_fit(self, job)
+    monkeypatch.setattr(RunEngine, "fit", fit)
+    monkeypatch.setattr(RunEngine, "_update", count_during(original_update))
+    original_forward, calls = DROContrastiveLoss.forward, {"count": 0}
+
+    def nan_at_step_4(self, *args, **kwargs):
+        result = original_forward(self, *args, **kwargs)
+        calls["count"] += 1
+        if calls["count"] == 4:
+            result.loss = result.loss * float("nan")
+        return result
+    monkeypatch.setattr(DROContrastiveLoss, "forward", nan_at_step_4)
+    run_dir = tmp_path / "run"
+    train(config_for(shards, run_dir, "run.epochs=1", "run.log_every=3", "optim.grad_clip_norm=1.0"))
+    assert reads == []
+    assert load_checkpoint(list_checkpoints(run_dir)[-1])["nonfinite_steps"] == 1
+    # the hook sees reads: the log steps' own (outside the counted calls) go through the same methods
+    counting["on"] = True
+    float(torch.ones(()))
+    assert reads == ["__float__"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["optim.lrr=1"], "unknown config key optim.lrr"),
     (["optim.lr=fast"], "optim.lr: expected float"),

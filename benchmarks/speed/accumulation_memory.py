@@ -60,7 +60,7 @@ def measure(model_name: str, batch: int, accum_steps: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model, *_ = build_model(config, True, torch.device("cpu"))
     loss_fn = build_loss(config, num_samples=batch)
-    optimizers = [optimizer for optimizer in build_optimizers(model, config) if optimizer is not None]
+    optimizers = [optimizer for optimizer in build_optimizers(model, config, fused=True) if optimizer is not None]
     size = model.clip.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else size
     generator = torch.Generator().manual_seed(seed)

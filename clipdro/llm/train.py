@@ -84,7 +84,7 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
     train_lm = config.mode in ("joint", "plain")
     if not train_lm:
         lm.requires_grad_(False)
-    optimizer = build_optimizer(lm, tempnet, config)
+    optimizer = build_optimizer(lm, tempnet, config, engine.fused_optimizers)
     ddp_lm = engine.wrap(lm) if train_lm else lm
     ddp_tempnet = engine.wrap(tempnet) if tempnet is not None else None
 
@@ -108,7 +108,7 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
 
     def log_values(output: StepOutput) -> dict[str, Any]:
         tau, targets = output.details
-        values = {"loss": output.loss, "lr": optimizer.param_groups[0]["lr"] if train_lm else None}
+        values = {"loss": float(output.loss), "lr": optimizer.param_groups[0]["lr"] if train_lm else None}
         if tau is not None:
             valid = all_gather_no_grad(targets.contiguous()) != IGNORE_INDEX
             values |= {"tempnet_lr": config.tempnet.lr,
@@ -140,13 +140,14 @@ def train(config: LLMTrainConfig, resume: str | None = None, overwrite: bool = F
     return result.metrics
 
 
-def token_weighted(local_mean: torch.Tensor, targets: torch.Tensor, world_size: int) -> tuple[torch.Tensor, float]:
+def token_weighted(local_mean: torch.Tensor, targets: torch.Tensor,
+                   world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(this rank's objective, the global mean loss) for a rank's mean token loss ``local_mean``: the
     objective is weighted by the rank's share of the global batch's scored tokens, so that DDP's gradient
     average equals the gradient of the mean over every scored token of the global batch."""
     local_tokens = (targets != IGNORE_INDEX).sum().to(torch.float64)
     global_tokens = sum_over_ranks(local_tokens).clamp_min(1.0)
-    global_mean = float(sum_over_ranks(local_mean.detach().double() * local_tokens) / global_tokens)
+    global_mean = sum_over_ranks(local_mean.detach().double() * local_tokens) / global_tokens  # stays on the device
     return local_mean * (local_tokens * world_size / global_tokens).to(local_mean.dtype), global_mean
 
 
@@ -183,8 +184,9 @@ def plain_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 def build_optimizer(lm: torch.nn.Module, tempnet: torch.nn.Module | None,
-                    config: LLMTrainConfig) -> torch.optim.AdamW:
-    """One AdamW; param groups are named ("lm", "tempnet") so the schedule can address them.
+                    config: LLMTrainConfig, fused: bool) -> torch.optim.AdamW:
+    """One AdamW (torch's fused one when ``fused``: RunEngine.fused_optimizers); param groups are named
+    ("lm", "tempnet") so the schedule can address them.
     The LM groups exist in joint and plain mode, the TempNet group when there is a TempNet; no
     weight decay on 1-D LM parameters (biases, norms)."""
     optim = config.optim
@@ -197,7 +199,7 @@ def build_optimizer(lm: torch.nn.Module, tempnet: torch.nn.Module | None,
     if tempnet is not None:
         groups.append({"name": "tempnet", "params": list(tempnet.parameters()), "lr": config.tempnet.lr,
                        "weight_decay": config.tempnet.weight_decay})
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
 
 
 def set_group_lrs(optimizer: torch.optim.Optimizer, lm_lr: float, tempnet_lr: float) -> None:
