@@ -16,6 +16,7 @@ batch exactly (a SimCLR-style gather that returns only the local slice would giv
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +84,12 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
 
 def close_distributed() -> None:
     """Wait for every rank, then tear the process group down. A rank that leaves while another
-    still works (rank 0 writing a final export) would otherwise abort in gloo's teardown."""
+    still works (rank 0 writing a final export) would otherwise abort in gloo's teardown. Garbage that
+    still refers to the group (reference cycles of collectives' work objects, after a sharded checkpoint)
+    is collected first: left to the interpreter's exit, it made 1 in 4 gloo processes abort with
+    "terminate called without an active exception" (4 ranks on 2 cores)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

@@ -193,10 +193,11 @@ from clipdro.cli import main
 writes = {"count": 0}
 replace = os.replace
 
-def replace_or_die(source, target):  # the second checkpoint dies after its bytes, before its rename
-    writes["count"] += 1
-    if writes["count"] == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
+def replace_or_die(source, target):  # the second checkpoint dies after its files, before its folder's rename
+    if os.path.basename(target).startswith("step_"):
+        writes["count"] += 1
+        if writes["count"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
     replace(source, target)
 
 clipdro.checkpoint.os.replace = replace_or_die

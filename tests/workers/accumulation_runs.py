@@ -57,8 +57,9 @@ def assert_same_run(whole: Path, accumulated: Path) -> None:
             if value.is_floating_point():
                 # Parameters: 3 AdamW steps of lr <= 8e-4 move a weight by <= 2.4e-3; differences in the
                 # gradients' rounding (~1e-6 relative, eps = 1e-3) change that by orders of magnitude less
-                # than 1e-5. Tables hold sums of exp(h / tau) up to B - 1: compared relative to their size.
-                torch.testing.assert_close(actual[section][key], value, atol=1e-5,
+                # than 1e-5. Tables hold h / tau (b) and sums of exp(h / tau) up to B - 1 (s), tau down to
+                # 0.01: a rounding-level 1e-6 in a similarity h is up to 1e-4 there (seen: 1.6e-5 at b = 0.27).
+                torch.testing.assert_close(actual[section][key], value, atol=1e-4 if section == "loss" else 1e-5,
                                            rtol=1e-5 if section == "loss" else 0, msg=f"{section}.{key}")
             else:
                 assert torch.equal(actual[section][key], value), f"{section}.{key}"

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from clipdro.checkpoint import load_checkpoint, save_sharded_checkpoint
-from clipdro.distributed import get_rank, init_distributed
+from clipdro.distributed import close_distributed, get_rank, init_distributed
 from clipdro.losses import build_contrastive_loss
 from clipdro.state import SampleTable, table_shards
 
@@ -54,5 +53,4 @@ def reshard(source: str, target: Path) -> None:
 if __name__ == "__main__":
     init_distributed("gloo")
     reshard(sys.argv[1], Path(sys.argv[2]))
-    dist.barrier()
-    dist.destroy_process_group()
+    close_distributed()

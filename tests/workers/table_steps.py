@@ -10,9 +10,15 @@ whole table after each step, put together from the rows each rank owns.
 import sys
 
 import torch
-import torch.distributed as dist
 
-from clipdro.distributed import all_gather_no_grad, gather_objects, get_rank, get_world_size, init_distributed
+from clipdro.distributed import (
+    all_gather_no_grad,
+    close_distributed,
+    gather_objects,
+    get_rank,
+    get_world_size,
+    init_distributed,
+)
 from clipdro.state import SampleTable
 
 NUM_SAMPLES = 11  # not a multiple of 4: the last rank's block is shorter
@@ -56,5 +62,4 @@ if __name__ == "__main__":
     results = run_steps()
     if get_rank() == 0:
         torch.save(results, sys.argv[1])
-    dist.barrier()
-    dist.destroy_process_group()
+    close_distributed()

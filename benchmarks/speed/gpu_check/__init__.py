@@ -35,9 +35,10 @@ runs it through __main__.py). The parts:
   clipdro's two CLIPTempNets (dropout 0) under DistributedDataParallel, trained by clipdro's own step
   (clipdro.train.clip_step) with the tempnet (DRO) loss and its per-sample tables, SGD with momentum,
   ``--nccl-steps`` steps on 32 rows per rank of a seeded global batch (sample ids revisit the tables
-  across steps). Afterwards every rank's parameters and DRO tables (s, b, seen) must equal rank 0's
-  exactly, and rank 0's must match a single-process float64 recomputation of the same steps on the whole
-  global batch on the CPU (the loss math, the tables and the updates), within NCCL_TOLERANCES. With one
+  across steps). Afterwards every rank's parameters must equal rank 0's exactly, and rank 0's, with the DRO
+  tables (s, b, seen) put together from the rows each rank owns, must match a single-process float64
+  recomputation of the same steps on the whole global batch on the CPU (the loss math, the tables and the
+  updates), within NCCL_TOLERANCES. With one
   GPU the world size is 1: the process group and DDP's collectives are NCCL, but clipdro's loss gathers
   nothing.
 * ``faiss``: retrieval on ``--faiss-captions`` random captions (5 per image, 512-d) with FAISS's GPU

@@ -1,7 +1,8 @@
 """The GPU check's nccl part: torchrun ranks (NCCL, or gloo in a CPU rehearsal) train a toy two-tower model
 with clipdro's TempNets and tempnet (DRO) loss under DistributedDataParallel, each batch through the trainer's
-own step (clipdro.train.clip_step); every rank's parameters and DRO tables must then be identical, and
-rank 0's must match a single-process float64 recomputation on the CPU within NCCL_TOLERANCES.
+own step (clipdro.train.clip_step); every rank's parameters must then be identical, and rank 0's, with the
+DRO tables put together from the rows each rank owns (clipdro.state), must match a single-process float64
+recomputation on the CPU within NCCL_TOLERANCES.
 
 torchrun starts the worker as ``python -m benchmarks.speed.gpu_check --nccl-worker FILE --backend B
 --nccl-steps N`` (main.py hands those arguments to :func:`worker_main`)."""
@@ -100,7 +101,7 @@ def nccl_worker(out_file: Path, backend: str, steps: int) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from clipdro.distributed import all_gather_no_grad
+    from clipdro.distributed import all_gather_no_grad, gather_objects
     from clipdro.losses import build_contrastive_loss
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -130,10 +131,8 @@ def nccl_worker(out_file: Path, backend: str, steps: int) -> None:
     step_losses /= world_size
     params = torch.cat([parameter.detach().double().flatten() for parameter in model.parameters()])
     gathered_params = all_gather_no_grad(params[None]) if world_size > 1 else params[None]
-    tables = {}
-    for key, value in loss_fn.state_dict().items():
-        value = value.double()[None]
-        tables[key] = all_gather_no_grad(value) if world_size > 1 else value
+    # Each rank owns a block of every table's rows: the whole table is the blocks in rank order.
+    tables = {key: torch.cat(gather_objects(value.double().cpu())) for key, value in loss_fn.state_dict().items()}
     dist.barrier()
     if rank == 0:
         torch.save({
@@ -141,7 +140,7 @@ def nccl_worker(out_file: Path, backend: str, steps: int) -> None:
             "devices": [torch.cuda.get_device_name(i) for i in range(world_size)] if backend == "nccl" else ["cpu"],
             "initial_state": initial, "losses": step_losses.cpu(), "params_per_rank": gathered_params.cpu(),
             "param_names": [name for name, _ in model.named_parameters()],
-            "tables_per_rank": {key: value.cpu() for key, value in tables.items()},
+            "tables": tables,
             "worker_seconds": time.perf_counter() - started,
         }, out_file)
     # DDP's reducer holds the process group: release it first, or gloo's teardown can abort the process.
@@ -175,10 +174,8 @@ def tolerance_ratio(actual, expected, atol: float, rtol: float) -> float:
 
 def compare_nccl_results(saved: dict) -> dict:
     """Cross-rank equality and agreement with :func:`toy_reference` of what :func:`nccl_worker` saved."""
-    params, tables = saved["params_per_rank"], saved["tables_per_rank"]
+    params, tables = saved["params_per_rank"], saved["tables"]
     cross_rank = {"params": float((params - params[0]).abs().max())}
-    for key, per_rank in tables.items():
-        cross_rank[key] = float((per_rank - per_rank[0]).abs().max())
     reference = toy_reference(saved["initial_state"], saved["world_size"], saved["steps"])
     agreement = {"params": tolerance_ratio(params[0], reference["params"], *NCCL_TOLERANCES["params"]),
                  "loss": tolerance_ratio(saved["losses"], reference["losses"], *NCCL_TOLERANCES["loss"])}
@@ -186,7 +183,7 @@ def compare_nccl_results(saved: dict) -> dict:
                "loss": float((saved["losses"] - reference["losses"]).abs().max())}
     seen_equal = True
     for key, expected in reference["tables"].items():
-        actual = tables[key][0]
+        actual = tables[key]
         side, column = key.split(".")  # image_table.s, text_table.seen, ...
         max_abs[key] = float((actual - expected).abs().max())
         if column == "seen":
