@@ -505,7 +505,8 @@ def training_command(argv: list[str] | None, *, prog: str, description: str, con
     parser = UsageArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=None, help=config_help)
     parser.add_argument("--resume", default=None,
-                        help="'latest' (this run's newest checkpoint), a run folder or a checkpoint file")
+                        help="'latest' (this run's newest checkpoint), a run folder or one checkpoint (a step_N "
+                             "folder, or a single file)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in output_dir/name (by default such a folder is refused)")
     parser.add_argument("overrides", nargs="*", help=overrides_help)

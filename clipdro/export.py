@@ -95,7 +95,8 @@ def loading_code(ref: OpenCLIPModelRef, weights: Path, tempnets: Path | None = N
 def main(argv: list[str] | None = None) -> int:
     parser = UsageArgumentParser(prog="clipdro export",
                                  description="a training run -> an open_clip-loadable checkpoint")
-    parser.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint file")
+    parser.add_argument("checkpoint",
+                        help="a run folder (its newest checkpoint) or one checkpoint (step_N folder or file)")
     parser.add_argument("--output", required=True, help="open_clip weights file to write, e.g. model.pt")
     parser.add_argument("--tempnets", help="also write the two TempNets (tempnet runs) to this file")
     args = parser.parse_args(argv)

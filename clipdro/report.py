@@ -47,7 +47,8 @@ def read_training_samples(sources: list[DataSource], limit: int) -> tuple[list[R
 
 def main(argv: list[str] | None = None) -> int:
     parser = UsageArgumentParser(prog="clipdro report", description="markdown + plots of a run's learned temperatures")
-    parser.add_argument("run", help="a run folder (its newest checkpoint) or a checkpoint file")
+    parser.add_argument("run",
+                        help="a run folder (its newest checkpoint) or one checkpoint (step_N folder or file)")
     parser.add_argument("--data", help="evaluation-set folder (eval.json): taus of its images and captions, "
                                        "and per class when it has labels (tempnet runs)")
     parser.add_argument("--train-shards", nargs="+", metavar="MANIFEST",

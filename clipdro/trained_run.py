@@ -28,7 +28,7 @@ class TrainedRun:
     The optimizer states are not kept (they are the bulk of a checkpoint and no consumer needs them).
     """
 
-    checkpoint: Path  # the resolved checkpoint file
+    checkpoint: Path  # the resolved checkpoint (a step_N folder, or a single file of earlier releases)
     step: int
     config: dict  # the run's resolved TrainConfig as a dict
     model: CLIPWithTempNets  # in eval mode

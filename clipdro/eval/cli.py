@@ -71,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
         weights = sub.add_mutually_exclusive_group(required=True)
         weights.add_argument("--model", help="open_clip architecture, e.g. ViT-B-32 or clipdro-tiny-vit")
         weights.add_argument("--checkpoint", help="a clipdro training run folder (its newest checkpoint) "
-                                                  "or checkpoint file")
+                                                  "or checkpoint (folder or file)")
         sub.add_argument("--pretrained",
                          help="open_clip pretrained tag or weights file (default: random init)")
         sub.add_argument("--batch-size", type=int, default=64)

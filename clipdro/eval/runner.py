@@ -111,7 +111,7 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 
     ``--model`` is any open_clip architecture (clipdro's shipped configs included);
     ``--pretrained`` an open_clip tag for it or a weights file. ``--checkpoint`` is a clipdro
-    training run (its newest checkpoint) or checkpoint file: its open_clip model is evaluated
+    training run (its newest checkpoint) or one checkpoint (folder or file): its open_clip model is evaluated
     (the TempNets play no part in retrieval or zero-shot scores).
     """
     if args.checkpoint:

@@ -24,7 +24,7 @@ subcommands:
 def generate_main(argv: list[str]) -> int:
     parser = UsageArgumentParser(prog="clipdro llm generate", description="Sample with TempNet temperatures.")
     parser.add_argument("--model", default=None, help="LM folder or hub name (default: the TempNet run's LM)")
-    parser.add_argument("--tempnet", default=None, help="checkpoint file or run folder of `clipdro llm train`; "
+    parser.add_argument("--tempnet", default=None, help="checkpoint or run folder of `clipdro llm train`; "
                                                         "without it: plain sampling at temperature 1")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -56,7 +56,7 @@ def eval_main(argv: list[str]) -> int:
         description="Held-out perplexity at tau = 1, at the LM's best constant tau and with TempNet, each with a "
                     "bootstrap interval over documents.")
     parser.add_argument("--run", "--tempnet", dest="run", default=None,
-                        help="checkpoint file or run folder of `clipdro llm train` (joint, frozen or plain)")
+                        help="checkpoint or run folder of `clipdro llm train` (joint, frozen or plain)")
     parser.add_argument("--model", default=None, help="LM folder or hub name (default: the run's LM)")
     parser.add_argument("--data", nargs="*", default=None,
                         help=".txt/.jsonl files or builtin:pydoc_topics (default: the run's held-out set)")

@@ -100,7 +100,7 @@ def load_lm_with_tempnet(model: str | None = None, tempnet_checkpoint: str | Pat
                          device: str | torch.device = "cpu") -> LoadedLM:
     """An LM, its tokenizer and optionally a trained TempNet, in eval mode, for generation and evaluation.
 
-    ``tempnet_checkpoint`` is a checkpoint file or run folder of `clipdro llm train` (of a plain run:
+    ``tempnet_checkpoint`` is a checkpoint (folder or file) or run folder of `clipdro llm train` (of a plain run:
     no TempNet). Without ``model`` the LM is the one that run used: its config's model section, with
     the trained LM weights from the checkpoint in joint and plain mode. ``model`` (a folder or hub
     name) overrides that LM.
