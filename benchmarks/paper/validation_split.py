@@ -59,7 +59,7 @@ def write_validation_set(samples: list[ShardSample], root: Path, test_split: Pat
     """``samples`` as an evaluation set at ``root``, labelled by family with the test split's class names."""
     test = EvalSet.load(test_split)
     folder_names = sorted({sample.metadata["category"] for sample in samples})
-    label_of_category = _labels_by_category(test, folder_names)
+    label_of_category = labels_by_category(test, folder_names)
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     images = []
@@ -75,7 +75,7 @@ def write_validation_set(samples: list[ShardSample], root: Path, test_split: Pat
     return evalset
 
 
-def _labels_by_category(test: EvalSet, categories: list[str]) -> dict[str, int]:
+def labels_by_category(test: EvalSet, categories: list[str]) -> dict[str, int]:
     """The test split's label of each training category: its classnames are the sorted category
     folders' names (data_tools/build_openclipart.py), so category i of the sorted list is label i."""
     stats = json.loads((TEST_SPLIT.parent / "build_stats.json").read_text())["per_category"]
