@@ -461,7 +461,8 @@ class RunEngine:
             log.info("%s", line)
 
     def _checkpoint(self, job: TrainingJob, step: int) -> None:
-        """Write the checkpoint of ``step`` (every rank calls this; rank 0 writes), unless it exists."""
+        """Write the checkpoint of ``step`` (every rank calls this and writes its table rows; rank 0 the rest),
+        unless it exists."""
         if step == self._last_checkpoint_step:
             return
         self.nonfinite.settle()  # the skipped-step count it saves (raises on a streak)
