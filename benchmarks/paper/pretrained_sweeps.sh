@@ -67,8 +67,12 @@ stage_lr_select() {
     "$PYTHON" -m benchmarks.paper.tempnet_lr_selection --output-dir runs/pretrained-lr-selection
 }
 selected_tempnet_lr() {  # the TempNet learning rate stage lr-select chose
-    "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' \
-        runs/pretrained-lr-selection/selection.json
+    local selection=runs/pretrained-lr-selection/selection.json
+    if [[ -f $selection ]]; then
+        "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["chosen_lr"])' "$selection"
+    else  # its choice on 2026-12-03 (docs/results.md, "Where the evidence stands"); rerun lr-select to redo it
+        echo 0.001
+    fi
 }
 stage_moving() {
     local lr SEEDS=(0 1 2 3 4)  # sweep sees this function's SEEDS (bash scopes dynamically)
