@@ -491,3 +491,47 @@ def test_a_variant_sweep_takes_its_baselines_from_a_reference_sweep(evaluated_ru
     (reference_dir / "results.json").write_text(json.dumps(reference_results))
     with pytest.raises(SystemExit, match="predates the metrics zero-shot per-class recall; rerun that sweep"):
         reproduce_table.main(argv)
+
+
+def test_archived_runs_are_restored_elsewhere_and_reused_without_training(tmp_path, monkeypatch, no_subprocess):
+    """run_archive: a sweep's finished runs, saved without checkpoints (tempnet's taus summarised first), restored
+    into another folder, are reused there by main(): nothing trained or evaluated, the same taus and intervals."""
+    from benchmarks.paper import run_archive
+
+    overrides = ["run.epochs=1", "data.batch_size=8", "data.epoch_samples=176"]  # 22 steps, the eval files' step
+    first, archive, second = tmp_path / "first", tmp_path / "archive", tmp_path / "second"
+    for method in ("clip", "tempnet"):
+        for seed in (1, 2):
+            run_dir = first / f"{method}-seed{seed}"
+            run_dir.mkdir(parents=True)
+            config = load_config(TrainConfig, DEMO_CONFIG, run_overrides(method, seed, first, overrides, DEMO_CONFIG))
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config)))
+            record = {f"openclipart-test/{key}": hand_metrics(method, seed)[title] for title, key in METRICS}
+            lines = [{"step": 22, "image_tau_mean": 0.06}, {"step": 22, "eval": record}]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+            write_eval_files(run_dir, method, seed)
+            (run_dir / "checkpoints").mkdir()  # stays behind
+    (first / "clip-seed3").mkdir()  # not finished: not archived
+    taus = fake_run("x", 0, 0, True)["taus"]
+    summarised = []
+    monkeypatch.setattr(reproduce_table, "temperature_summary", lambda run_dir: summarised.append(run_dir) or taus)
+    assert run_archive.main(["save", str(first), str(archive)]) == 0
+    assert sorted(path.name for path in archive.iterdir()) == ["clip-seed1", "clip-seed2", "tempnet-seed1",
+                                                                "tempnet-seed2"]
+    assert summarised == [first / "tempnet-seed1", first / "tempnet-seed2"]
+    assert sorted(path.name for path in (archive / "tempnet-seed1").iterdir()) == [
+        "config.yaml", "eval_retrieval.json", "eval_zeroshot.json", "metrics.jsonl", "taus_summary.json"]
+    assert not (archive / "clip-seed1" / "taus_summary.json").exists()
+
+    monkeypatch.setattr(reproduce_table, "temperature_summary", lambda run_dir: pytest.fail("taus from the archive"))
+    assert reproduce_table.main(["--methods", "clip", "tempnet", "--seeds", "1", "2", "--output-dir", str(second),
+                                 "--config", str(DEMO_CONFIG), "--archive-dir", str(archive), *overrides]) == 0
+    assert no_subprocess == []  # reused although their config.yaml names the first folder: no training, no eval
+    results = json.loads((second / "results.json").read_text())
+    assert [run["taus"] for run in results["runs"] if run["method"] == "tempnet"] == [taus, taus]
+    assert [run["global_tau"] for run in results["runs"] if run["method"] == "clip"] == [0.06, 0.06]
+    [entry] = results["paired_intervals"]
+    assert entry["seeds"] == [1, 2] and entry["metrics"]["IR@1"]["pair_diffs"] == pytest.approx(
+        [hand_metrics("tempnet", s)["IR@1"] - hand_metrics("clip", s)["IR@1"] for s in (1, 2)])
+    # a run already in the output folder is left alone by restore
+    assert run_archive.restore_runs(archive, second) == []

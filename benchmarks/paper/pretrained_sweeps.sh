@@ -16,13 +16,18 @@ PYTHON=${PYTHON:-.venv/bin/python}
 export HF_HUB_OFFLINE=1
 CONFIG=benchmarks/paper/configs/pretrained.yaml
 SEEDS=(0 1 2)
+# Each finished run's small files (config, log, per-query evaluations, tau summary; not its checkpoints) are kept
+# here, committed, and restored into runs/ by the next sweep on another machine (benchmarks/paper/run_archive.py):
+# a sweep outlives the machine it started on. Runs finished before the archive existed are not in it.
+ARCHIVE=benchmarks/paper/finished_runs
 sweep() {  # sweep OUTPUT_DIR METHODS... -- OVERRIDES...
     local output_dir=$1; shift
     local methods=()
     while [[ $# -gt 0 && $1 != -- ]]; do methods+=("$1"); shift; done
     [[ $# -gt 0 ]] && shift
     "$PYTHON" -m benchmarks.paper.reproduce_table --config "$CONFIG" --seeds "${SEEDS[@]}" \
-        --methods "${methods[@]}" --output-dir "$output_dir" tempnet.start_epoch=0 "$@"
+        --methods "${methods[@]}" --output-dir "$output_dir" --archive-dir "$ARCHIVE/${output_dir#runs/}" \
+        tempnet.start_epoch=0 "$@"
 }
 
 stage_main() {      # the paper's margin rho = log(255) - 0.62 = 4.92 and TempNet lr 3e-5

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import benchmarks.paper.dataset_oracle  # noqa: F401  (registers the dataset-oracle loss)
 import benchmarks.paper.oracle_tau  # noqa: F401  (registers the oracle loss: its configs resolve here too)
+from benchmarks.paper.run_archive import TAUS_FILE, restore_runs, save_run
 from clipdro.config import load_config, to_dict
 from clipdro.data.evalset import EvalSet
 from clipdro.eval import compare
@@ -152,6 +153,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "trained (same base config and evaluation sets; the overrides may differ)")
     parser.add_argument("--reference-methods", nargs="+", default=["clip", "sogclr"], choices=list(METHODS),
                         help="the methods taken from --reference-dir (default clip sogclr)")
+    parser.add_argument("--archive-dir", type=Path,
+                        help="keep finished runs' small files here (benchmarks/paper/run_archive.py): runs archived "
+                             "there and missing from --output-dir are restored first and reused, and every run is "
+                             "archived once evaluated")
     parser.add_argument("--config", type=Path, default=BASE_CONFIG,
                         help="base config of every run (default benchmarks/paper/configs/reproduce.yaml); "
                              "a relative path not found from here is looked up from the repository root")
@@ -205,15 +210,42 @@ def final_eval(run_dir: Path) -> dict | None:
     return evals[-1] if evals else None
 
 
+def without_output_dir(config: dict) -> dict:
+    """A resolved config without ``run.output_dir``: where a run was written (a restored one,
+    benchmarks/paper/run_archive.py, was written elsewhere) does not change it."""
+    return {**config, "run": {key: value for key, value in config["run"].items() if key != "output_dir"}}
+
+
 def finished_with(run_dir: Path, expected: dict) -> bool:
     """Whether ``run_dir`` holds a run of exactly this resolved config that trained to its end."""
     saved = run_dir / "config.yaml"
     # Resolved again, so that options added since the run was trained take their defaults.
-    if not saved.exists() or to_dict(load_config(TrainConfig, saved, [])) != expected:
+    if not saved.exists() or (without_output_dir(to_dict(load_config(TrainConfig, saved, [])))
+                              != without_output_dir(expected)):
         return False
+    return trained_to_end(run_dir, expected)
+
+
+def trained_to_end(run_dir: Path, config: dict) -> bool:
+    """Whether the last evaluation in ``run_dir``'s metrics.jsonl is at the config's last step."""
     record = final_eval(run_dir)
-    steps = expected["run"]["epochs"] * expected["data"]["epoch_samples"] // expected["data"]["batch_size"]
+    steps = config["run"]["epochs"] * config["data"]["epoch_samples"] // config["data"]["batch_size"]
     return record is not None and record["step"] == steps
+
+
+def finished_run_method(run_dir: Path) -> str | None:
+    """The method of a sweep's run folder (named METHOD-seedS) when that run trained to its end and has
+    both per-query evaluation files of its final step; None otherwise."""
+    method = run_dir.name.rsplit("-seed", 1)[0]
+    saved = run_dir / "config.yaml"
+    if method not in METHODS or not saved.is_file():
+        return None
+    if not trained_to_end(run_dir, to_dict(load_config(TrainConfig, saved, []))):
+        return None
+    step = final_eval(run_dir)["step"]
+    files = [run_dir / name for name in EVAL_FILES.values()]
+    return method if all(path.is_file() and json.loads(path.read_text()).get("step") in (None, step)
+                         for path in files) else None
 
 
 def train_command(method: str, overrides: list[str], config: Path = BASE_CONFIG) -> list[str]:
@@ -298,6 +330,22 @@ def temperature_summary(run_dir: Path) -> dict:
                     str(REPO_ROOT / "data" / "openclipart" / "test")],
                    cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
     return training_taus_summary(run_dir / "report" / "training_taus.csv")
+
+
+def run_taus(run_dir: Path, method: str) -> dict | None:
+    """The spread of a run's learned temperatures (per-sample methods and dataset oracles; None for the
+    others), from ``RUN/taus_summary.json`` when there, else from its final checkpoint, then saved there."""
+    cached = run_dir / TAUS_FILE
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    if method in PER_SAMPLE_METHODS:
+        taus = temperature_summary(run_dir)
+    elif method in DATASET_ORACLES:
+        taus = oracle_table_summary(run_dir)
+    else:
+        return None
+    cached.write_text(json.dumps(taus, indent=2))
+    return taus
 
 
 def training_taus_summary(path: Path) -> dict:
@@ -554,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
                 "methods": {method: METHODS[method] for method in args.methods}, "overrides": args.overrides,
                 "eval_sets": {task: display_path(folder) for task, (folder, _) in sets.items()}}
     runs, methods = [], args.methods
+    if args.archive_dir is not None:
+        for run_dir in restore_runs(args.archive_dir, args.output_dir):
+            print(f"restored {run_dir.name} from {display_path(args.archive_dir)}", flush=True)
     if args.reference_dir is not None:  # the unchanged baselines of an earlier sweep, not retrained
         runs = reference_runs(args.reference_dir, args.reference_methods, args.seeds, settings)
         methods = [*args.reference_methods, *args.methods]
@@ -568,12 +619,12 @@ def main(argv: list[str] | None = None) -> int:
             files = per_query_eval(run_dir, sets, config, final["step"])
             check_against_training(run, files)
             run["eval_files"] = {task: str(path.relative_to(args.output_dir)) for task, path in files.items()}
-            if method in PER_SAMPLE_METHODS:
-                run["taus"] = temperature_summary(run_dir)
-            elif method in DATASET_ORACLES:
-                run["taus"] = oracle_table_summary(run_dir)
+            if (taus := run_taus(run_dir, method)) is not None:
+                run["taus"] = taus
             else:
                 run["global_tau"] = global_tau(run_dir)
+            if args.archive_dir is not None:
+                save_run(run_dir, args.archive_dir)
             runs.append(run)
     summary = summarise(runs, methods)
     intervals = [entry for method, reference in interval_pairs(methods, args.baseline)
