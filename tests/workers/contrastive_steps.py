@@ -7,7 +7,6 @@ gathered in rank order, and rank 0 saves them with the loss state, each per-samp
 together from the rows every rank owns.
 """
 
-import sys
 
 import torch
 import torch.distributed as dist
@@ -18,10 +17,10 @@ from clipdro.distributed import (
     gather_objects,
     get_rank,
     get_world_size,
-    init_distributed,
     is_distributed,
 )
 from clipdro.losses import build_contrastive_loss
+from tests.workers import save_rank0_results
 
 GLOBAL_BATCH = 8
 NUM_SAMPLES = 16
@@ -89,9 +88,4 @@ def run_steps() -> dict:
 
 
 if __name__ == "__main__":
-    init_distributed("gloo")
-    results = run_steps()
-    if get_rank() == 0:
-        torch.save(results, sys.argv[1])
-    dist.barrier()
-    dist.destroy_process_group()
+    save_rank0_results(run_steps)

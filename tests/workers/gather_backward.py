@@ -4,13 +4,12 @@ Run as ``torchrun --standalone --nproc_per_node=2 tests/workers/gather_backward.
 {method: every rank's gradient of its local rows, gathered} and which method ``auto`` chose.
 """
 
-import sys
 
 import torch
-import torch.distributed as dist
 
 from clipdro import distributed
-from clipdro.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, init_distributed
+from clipdro.distributed import all_gather_no_grad, all_gather_with_grad, get_rank
+from tests.workers import save_rank0_results
 
 
 def local_rows_gradient(method: str) -> torch.Tensor:
@@ -24,11 +23,11 @@ def local_rows_gradient(method: str) -> torch.Tensor:
     return all_gather_no_grad(rows.grad)
 
 
-if __name__ == "__main__":
-    init_distributed("gloo")
+def gradients() -> dict:
     results = {method: local_rows_gradient(method) for method in ("reduce_scatter", "all_reduce", "auto")}
     results["auto_chose_reduce_scatter"] = distributed._REDUCE_SCATTER_WORKS.get("gloo")
-    if get_rank() == 0:
-        torch.save(results, sys.argv[1])
-    dist.barrier()
-    dist.destroy_process_group()
+    return results
+
+
+if __name__ == "__main__":
+    save_rank0_results(gradients)

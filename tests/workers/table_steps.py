@@ -7,19 +7,17 @@ revisit ids (the first-visit flag). Rank 0 saves every read (gathered in rank or
 whole table after each step, put together from the rows each rank owns.
 """
 
-import sys
 
 import torch
 
 from clipdro.distributed import (
     all_gather_no_grad,
-    close_distributed,
     gather_objects,
     get_rank,
     get_world_size,
-    init_distributed,
 )
 from clipdro.state import SampleTable
+from tests.workers import save_rank0_results
 
 NUM_SAMPLES = 11  # not a multiple of 4: the last rank's block is shorter
 GLOBAL_BATCH = 8
@@ -58,8 +56,4 @@ def run_steps() -> dict:
 
 
 if __name__ == "__main__":
-    init_distributed("gloo")
-    results = run_steps()
-    if get_rank() == 0:
-        torch.save(results, sys.argv[1])
-    close_distributed()
+    save_rank0_results(run_steps)
