@@ -80,9 +80,10 @@ selected_tempnet_lr() {  # the TempNet learning rate stage lr-select chose
     fi
 }
 stage_moving() {
-    local lr SEEDS=(0 1 2 3 4)  # sweep sees this function's SEEDS (bash scopes dynamically)
+    local lr SEEDS=(0 1 2 3 4)  # sweep and tail_recall see this function's SEEDS (bash scopes dynamically)
     lr=$(selected_tempnet_lr)
     sweep runs/pretrained-moving clip sogclr tempnet -- "tempnet.lr=$lr"
+    tail_recall runs/pretrained-moving  # item 3's first half: head / tail recall of the same runs
 }
 # Issue 33: the level-matched DRO oracle. Each refresh gives every sample its dataset-scope tau* at the margin rho'
 # whose tau* has sogclr's geometric mean (unscaled, unclipped). Same folder, seeds and overrides as stage moving, so
@@ -99,21 +100,28 @@ stage_matched() {
 # TempNet rate, 5 seeds; the primary endpoint is recall@1 on the tail families' test queries (family_recall.py).
 # Exponent 2, not 1: openclipart's own split is already steeper than Zipf(1) (its 11 tail families hold 418 pictures;
 # at exponent 1 they would get 1,038, mostly repeats of a few pictures); at 2 they hold 151, the head 5,561.
-stage_zipf() {
-    local lr SEEDS=(0 1 2 3 4)
+zipf_split() {  # the Zipf-resampled training split and its families' head / tail groups
     [[ -f runs/openclipart-zipf/zipf_summary.json ]] ||
         "$PYTHON" -m benchmarks.paper.zipf_split --exponent 2 --output runs/openclipart-zipf
-    lr=$(selected_tempnet_lr)
-    sweep runs/pretrained-zipf clip sogclr tempnet -- 'data.sources=[{shards: runs/openclipart-zipf/train}]' \
-        "tempnet.lr=$lr"
+}
+tail_recall() {  # tail_recall SWEEP_DIR: recall@1 of head and tail test families, clip / sogclr / tempnet x SEEDS
     local method seed results=()
+    zipf_split
     for seed in "${SEEDS[@]}"; do
         for method in clip sogclr tempnet; do
-            results+=("runs/pretrained-zipf/$method-seed$seed/eval_retrieval.json")
+            results+=("$1/$method-seed$seed/eval_retrieval.json")
         done
     done
     "$PYTHON" -m benchmarks.paper.family_recall "${results[@]}" --families runs/openclipart-zipf/zipf_summary.json \
-        --output runs/pretrained-zipf/tail_recall.md
+        --output "$1/tail_recall.md"
+}
+stage_zipf() {
+    local lr SEEDS=(0 1 2 3 4)
+    zipf_split
+    lr=$(selected_tempnet_lr)
+    sweep runs/pretrained-zipf clip sogclr tempnet -- 'data.sources=[{shards: runs/openclipart-zipf/train}]' \
+        "tempnet.lr=$lr"
+    tail_recall runs/pretrained-zipf
 }
 
 stages=("$@")
