@@ -42,6 +42,7 @@ def test_headline_rows(sweep):
                        "[-3.1, +0.6] | image 0.059 → 0.051, p95/p5 1.00–1.50; text 0.060 → 0.051, p95/p5 1.00–1.50 |")
     assert sogclr == ("| sogclr − clip | pretrained.yaml, 132 steps, seeds 0, 1 | +0.4 | [-1.0, +2.0] | "
                       "one fixed τ 0.066 |")
+    assert "TempNet lr 0.001, seed 1 |" in one_seed
     assert one_seed.endswith("| +1.0 | [-2.0, +3.0] (queries only) | image 0.058 → 0.052, p95/p5 1.50; "
                              "text 0.059 → 0.052, p95/p5 1.50 |")
     assert headline.headline_rows(sweep, []) == []

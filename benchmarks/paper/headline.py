@@ -47,7 +47,7 @@ def regime(results: dict, method: str, seeds: list[int]) -> str:
     parts = [Path(results["settings"]["base_config"]).name, f"{steps} steps"]
     if config.loss.name == "tempnet":
         parts += [f"ρ {config.loss.rho:g}", f"TempNet lr {config.tempnet.lr:g}"]
-    return ", ".join([*parts, f"seeds {', '.join(map(str, seeds))}"])
+    return ", ".join([*parts, f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"])
 
 
 def tau_movement(results: dict, sweep_dir: Path, method: str, seeds: list[int]) -> str:
