@@ -36,7 +36,10 @@ two sweeps must share the base config and the evaluation sets (checked).
 Runs are done seed by seed (all methods of seed 0 first), so a partial sweep is balanced. A run
 whose folder already holds a finished run of exactly the same resolved config is reused, not
 retrained: rerunning the command after an interruption continues the sweep (``--fresh`` retrains).
-Extra ``key=value`` arguments override the config of every run (e.g. ``run.epochs=2``).
+Extra ``key=value`` arguments override the config of every run (e.g. ``run.epochs=2``). With
+``--archive-dir DIR`` (benchmarks/paper/run_archive.py) the small files of every finished run are also kept in
+DIR, and runs kept there that the output folder lacks are copied in first and reused: a sweep continues on
+another machine from what was committed, without checkpoints (the tau spread is cached per run).
 
 Outputs in ``--output-dir`` (default ``runs/reproduce``): one folder per run, ``results.json``
 (settings, hardware, every run, summaries, ``paired_intervals``: fractions, not points),
