@@ -2,7 +2,7 @@
 # Every sweep behind docs/results.md section 4 ("From pretrained towers"), one after another, in the
 # order they were run. Each reproduce_table call reuses the finished runs of its output folder, so
 # rerunning this script after an interruption continues where it stopped. About 8-10 min per run on
-# 2 CPU cores; the whole script is about 40 runs. Run one stage with:  bash THIS_FILE STAGE
+# 2 CPU cores; the whole script is 87 runs. Run one stage with:  bash THIS_FILE STAGE
 # The variant sweeps (rho3, lr10, tau-paper, cold) train only the methods whose setting they change and take
 # clip and sogclr, whose runs that setting does not touch, from runs/pretrained (--reference-dir): their
 # results.md has the same paired intervals against both.
@@ -126,7 +126,7 @@ stage_zipf() {
 
 stages=("$@")
 [[ ${#stages[@]} -gt 0 ]] || stages=(main oracle duplicates isogclr rho3 lr10 tau-paper cold lr-select moving
-                                     matched)
+                                     matched zipf)
 for stage in "${stages[@]}"; do
     echo "=== stage $stage: $(date -u +%FT%TZ)"
     "stage_${stage//-/_}"
